@@ -51,6 +51,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
 
 def run(argv: list[str]) -> dict[str, object]:
     args = _parse(argv)
+    # The engine in this process: on a small CPU machine a separate engine-core process only competes with the model
+    # for the same cores (python -m engine does the same).
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     device = torch.device(args.device)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)

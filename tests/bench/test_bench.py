@@ -54,7 +54,12 @@ def test_decoding_reports_every_strategy_and_the_claim_ratios(quick_run):
     ratios = d["ratios"]
     assert ratios["self_consistency/em_inf"]["flops"] == pytest.approx(
         strategies["self_consistency"]["flops_per_answer"] / strategies["em_inf"]["flops_per_answer"])
-    assert ratios["em_inf/reference_em_inf_tokens_per_s"] > 0
+    tp = d["throughput"]
+    assert tp["em_inf"]["requests"] == 8 and tp["em_inf"]["generated_tokens"] > 0
+    assert ratios["em_inf/reference_em_inf_tokens_per_s"] == pytest.approx(
+        tp["em_inf"]["tokens_per_second"] / d["authors_em_inf"]["tokens_per_second"])
+    assert ratios["em_inf/sampling_tokens_per_s"] == pytest.approx(
+        tp["em_inf"]["tokens_per_second"] / tp["sampling"]["tokens_per_second"])
     assert d["authors_em_inf"]["generated_tokens"] > 0
 
 
