@@ -15,8 +15,9 @@ Strategies (``STRATEGIES``), all batched: every prompt of a call goes to the bac
   is therefore ignored and ``extra["temperature"]`` says 1.0.
 - ``self_consistency``: ``n`` (default 4) samples with DISTINCT seeds ``seed, seed+1, ...`` (the reference gave
   every copy seed 42, which collapses the vote), a pairwise vote over the answers (``answer_fn``, default the last
-  ``\\boxed{}``) judged by ``equal_fn`` (default string equality; a missing answer matches only itself), the winner
-  is the highest score, ties going to the lowest seed; the winning completion is ``text``, all are ``candidates``.
+  ``\\boxed{}`` as ``evals.grading.last_boxed`` reads it) judged by ``equal_fn`` (default string equality; a
+  missing answer matches only itself), the winner is the highest score, ties going to the lowest seed; the winning
+  completion is ``text``, all are ``candidates``.
 - ``iterative_refinement``: ``n`` (default 3) rounds; round k's prompt is the reference's: the concatenation of the
   earlier ``[formatted question][output]"\\n\\n"`` blocks followed by the formatted question again. Every round uses
   the call's seed (as the reference's seed 42). ``text`` is the last round, ``candidates`` every round.
@@ -52,7 +53,6 @@ from __future__ import annotations
 import gc
 import importlib.util
 import os
-import re
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -112,36 +112,6 @@ class _Completion:
 
 
 # ------------------------------------------------------------------------------------------------ answers and votes
-
-_BOXED = re.compile(r"\\(?:boxed|fbox)")
-
-
-def last_boxed_answer(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` in ``text`` (nested braces kept), else None.
-
-    ``\\boxed 5`` (no braces) gives the following token.
-    """
-    matches = list(_BOXED.finditer(text))
-    for m in reversed(matches):
-        i = m.end()
-        while i < len(text) and text[i] == " ":
-            i += 1
-        if i < len(text) and text[i] == "{":
-            depth, start = 0, i + 1
-            for j in range(i, len(text)):
-                if text[j] == "{":
-                    depth += 1
-                elif text[j] == "}":
-                    depth -= 1
-                    if depth == 0:
-                        return text[start:j].strip()
-            continue  # unbalanced: try an earlier one
-        if i > m.end():
-            token = re.match(r"[^\s$]+", text[i:])
-            if token:
-                return token.group(0)
-    return None
-
 
 def majority_vote(
     answers: Sequence[str | None], equal_fn: Callable[[str, str], bool] | None = None
@@ -714,7 +684,9 @@ class Generator:
                 extra["em_mode"], extra["params"] = mode, dict(mode_params)
             winner = 0
             if strategy == "self_consistency":
-                extract = answer_fn or last_boxed_answer
+                if answer_fn is None:
+                    from evals.grading import last_boxed as answer_fn  # the graders' own extraction
+                extract = answer_fn
                 answers = [extract(t) for t in texts]
                 winner, scores = majority_vote(answers, equal_fn)
                 extra.update(answers=answers, scores=scores, winner=winner)

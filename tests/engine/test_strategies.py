@@ -15,12 +15,12 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from engine.models import resolve
+from evals.grading import last_boxed
 from engine.strategies import (
     STRATEGIES,
     GenerationResult,
     Generator,
     choose_backend,
-    last_boxed_answer,
     majority_vote,
     refinement_prompt,
     resolve_mode_params,
@@ -33,21 +33,6 @@ PROMPTS = ["The answer is", [{"role": "user", "content": "What is 2+3? Put it in
 
 
 # ---------------------------------------------------------------------------------------------- pure functions
-
-
-@pytest.mark.parametrize(
-    "text, want",
-    [
-        ("so \\boxed{5}.", "5"),
-        ("\\boxed{1} then \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
-        ("\\fbox{x+1}", "x+1"),
-        ("answer: \\boxed 7 done", "7"),
-        ("\\boxed{2} and a broken \\boxed{3", "2"),
-        ("no box here", None),
-    ],
-)
-def test_last_boxed_answer(text, want):
-    assert last_boxed_answer(text) == want
 
 
 def test_majority_vote_counts_and_ties():
@@ -247,7 +232,7 @@ def test_self_consistency_distinct_seeds_and_vote(gen):
     singles = [gen.generate([PROMPTS[0]], "sampling", temperature=1.0, max_tokens=12, seed=s, progress=False)[0].text
                for s in r.extra["seeds"]]
     assert r.candidates == singles
-    assert r.extra["answers"] == [last_boxed_answer(c) for c in r.candidates]
+    assert r.extra["answers"] == [last_boxed(c) for c in r.candidates]
     assert r.generated_tokens == sum(len(t) for t in r.extra["token_ids"])
     assert r.extra["prompt_tokens_total"] == 4 * r.prompt_tokens
 

@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from evals.grading import extract_answer, math_equal
+from evals.grading import extract_answer, last_boxed, math_equal
 
 EQUAL = [
     ("4", "4"), ("4.0", "4"), ("142", "142.0"), ("-3", "-3.0"), ("1,000", "1000"), ("1{,}000", "1000"),
@@ -101,3 +101,18 @@ def test_rel_tol_parameter():
     assert not math_equal("4.88 \\times 10^{23}", "4.9\\times 10^{23}")
     with pytest.raises(ValueError):
         math_equal("1", "2", rel_tol=-1)
+
+
+@pytest.mark.parametrize(
+    "text, want",
+    [
+        ("so \\boxed{5}.", "5"),
+        ("\\boxed{1} then \\boxed{\\frac{1}{2}}", "\\frac{1}{2}"),
+        ("\\fbox{x+1}", "x+1"),
+        ("answer: \\boxed 7 done", "7"),
+        ("\\boxed{2} and a cut-off \\boxed{3", None),  # the last box is the answer, even when it is broken
+        ("no box here", None),
+    ],
+)
+def test_last_boxed(text, want):
+    assert last_boxed(text) == want
