@@ -13,8 +13,8 @@ half-empty. Per strategy:
 
 Throughput at batch 16 (the engine issue's targets) is measured apart from the strategies: with only as many
 prompts as sequences in flight, a strategy's batch drains as its answers finish, so its tokens/s mixes batch sizes.
-The throughput runs queue 4x CONCURRENCY prompts with a short budget so that the batch stays full, once with plain
-sampling and once with EM-INF; their tokens/s give "em_inf/sampling" and, against the authors' approach to EM-INF
+The throughput runs queue 4x CONCURRENCY prompts (the strategies' token budget) so that the batch stays full while
+all but the last answers finish, once with plain sampling and once with EM-INF; their tokens/s give "em_inf/sampling" and, against the authors' approach to EM-INF
 (HF generate, batch 1, torch.optim.Adam on a Parameter each step, their processor list and clamp, on a few prompts),
 "em_inf/reference_em_inf_tokens_per_s". Also the EM-INF op's own time per decode step at batch 16.
 
@@ -50,7 +50,7 @@ def _settings(quick: bool) -> dict:
         return {"prompts_per_task": 4, "max_tokens": 48, "authors_prompts": 1, "authors_max_tokens": 16,
                 "throughput_prompts_per_task": 4, "throughput_max_tokens": 16, "enforce_eager": True}
     return {"prompts_per_task": 16, "max_tokens": 384, "authors_prompts": 3, "authors_max_tokens": 64,
-            "throughput_prompts_per_task": 2 * CONCURRENCY, "throughput_max_tokens": 128, "enforce_eager": False}
+            "throughput_prompts_per_task": 2 * CONCURRENCY, "throughput_max_tokens": 384, "enforce_eager": False}
 
 
 def run(device: torch.device, quick: bool = False, model: str = "smollm2-135m-instruct",
