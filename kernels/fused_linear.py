@@ -18,8 +18,12 @@ accumulates grad_hidden and grad_weight chunk by chunk. Peak extra memory is O(c
 gradients themselves (grad_weight is [V, D]), independent of N x V. The price is one extra hidden @ weight.T matmul
 in backward (4 matmuls in all instead of 3).
 
-Backend: this torch implementation runs on CPU and CUDA (cuBLAS matmuls + elementwise kernels per chunk, the same
-structure as Liger-Kernel's fused linear cross-entropy). There is no Triton kernel for it yet.
+Backends (``backend=``): "auto" (default) runs CUDA tensors through kernels._triton.k_fused_linear (the same chunk
+loops with cuBLAS matmuls, the per-chunk elementwise work in one Triton kernel each way; so far it has only run
+under the Triton interpreter, not on a GPU) and CPU tensors through the chunked torch implementation below.
+"torch" forces the chunked torch path on any device (on CUDA it is the Liger-Kernel-style baseline: cuBLAS
+matmuls plus several torch elementwise kernels per chunk); "triton" forces the Triton path (CPU tensors only under
+TRITON_INTERPRET=1, which is how the tests check it without a GPU).
 
 dtypes: hidden and weight must share a float dtype. Matmuls run in that dtype (bf16 on GPU as in HF's lm_head); the
 softmax statistics, entropy, log-probability and the gradient accumulators are fp32; gradients come back in the
@@ -37,6 +41,7 @@ from kernels.reference_fused import IGNORE_INDEX
 
 DEFAULT_CHUNK_TOKENS = 1024
 DEFAULT_CHUNK_VOCAB = 8192
+BACKENDS = ("auto", "torch", "triton")
 
 
 def _check_args(
@@ -46,6 +51,7 @@ def _check_args(
     temperature: float,
     chunk_tokens: int,
     chunk_vocab: int,
+    backend: str = "auto",
 ) -> None:
     for name, t in (("hidden", hidden), ("weight", weight)):
         if not isinstance(t, torch.Tensor):
@@ -82,6 +88,14 @@ def _check_args(
     for name, value in (("chunk_tokens", chunk_tokens), ("chunk_vocab", chunk_vocab)):
         if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def _triton_available() -> bool:
+    from kernels import _triton
+
+    return _triton.available()
 
 
 def _chunk_logits(h_scaled: torch.Tensor, w: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
@@ -211,6 +225,7 @@ def fused_linear_entropy(
     *,
     chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
     chunk_vocab: int = DEFAULT_CHUNK_VOCAB,
+    backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token entropy and target log-probability of softmax(hidden @ weight.T / temperature), fused.
 
@@ -218,12 +233,23 @@ def fused_linear_entropy(
     and device; targets: [N] int64 token ids in [0, V) or -100 (ignored), or None. Returns (entropy [N] fp32 in
     nats, logprob [N] fp32). logprob is 0 for ignored targets and all zeros (non-differentiable) for targets=None.
     Differentiable w.r.t. hidden and weight; the [N, V] logits never exist: memory grows with
-    chunk_tokens x chunk_vocab, not with N x V. Raises ValueError naming the bad argument.
+    chunk_tokens x chunk_vocab, not with N x V. backend: "auto" (Triton for CUDA tensors when triton is installed,
+    chunked torch otherwise), "torch" or "triton" (see the module docstring). Raises ValueError naming the bad
+    argument.
     """
-    _check_args(hidden, weight, targets, temperature, chunk_tokens, chunk_vocab)
+    _check_args(hidden, weight, targets, temperature, chunk_tokens, chunk_vocab, backend)
     if targets is not None:
-        targets = targets.long()
+        targets = targets.long().contiguous()  # the Triton kernels index targets as a flat [N] array
+    triton_dtype = hidden.dtype in (torch.float32, torch.bfloat16, torch.float16)
+    if backend == "auto":
+        backend = "triton" if hidden.device.type == "cuda" and triton_dtype and _triton_available() else "torch"
+    elif backend == "triton" and not triton_dtype:
+        raise ValueError(f"backend 'triton' supports float32, bfloat16 and float16, got dtype {hidden.dtype}")
     # Autocast would re-cast the chunk matmuls (and clash with their fp32 out= buffers); the dtype contract is the
     # inputs' dtype, so callers under autocast cast hidden and weight to one dtype first (trainers.policy does).
     with torch.autocast(hidden.device.type, enabled=False):
+        if backend == "triton":
+            from kernels._triton import k_fused_linear
+
+            return k_fused_linear.fused_linear_entropy(hidden, weight, targets, temperature, chunk_tokens, chunk_vocab)
         return _FusedLinearEntropy.apply(hidden, weight, targets, float(temperature), chunk_tokens, chunk_vocab)
