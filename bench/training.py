@@ -68,7 +68,9 @@ def run(device: torch.device, quick: bool = False, model: str | None = None, pro
         if device.type == "cuda":
             row = _cuda_row(n, v, d, device, dtype)
         else:
-            row = run_fused_linear_benchmark(n, v, d, device, dtype)
+            # Repeats where the unfused side runs: 3 of the small shape (seconds), 2 of the ratio row (a minute).
+            repeats = 1 if quick or n == FULL_SHAPE[0] else (3 if n == QUICK_SHAPE[0] else 2)
+            row = run_fused_linear_benchmark(n, v, d, device, dtype, repeats=repeats)
         rows.append({"op": "fused_linear_entropy", **row})
     section = {"rows": rows, "targets": _targets(rows, device)}
     if device.type == "cuda":

@@ -20,3 +20,14 @@ def test_fused_linear_benchmark_small():
     assert out["max_abs_grad_diff"]["hidden"] < 1e-5 and out["max_abs_grad_diff"]["weight"] < 1e-5
     skipped = run_fused_linear_benchmark(16, 512, 8, "cpu", run_unfused=False)
     assert skipped["unfused"] == {"skipped": "run_unfused=False"} and "time_ratio" not in skipped
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="CPU peak memory reads /proc")
+def test_fused_linear_benchmark_repeats_report_the_fastest_run():
+    out = run_fused_linear_benchmark(64, 2048, 16, "cpu", torch.float32, repeats=3)
+    for name in ("fused", "unfused"):
+        runs = out[name]["runs_seconds"]
+        assert len(runs) == 3 and out[name]["seconds"] == min(runs)
+    assert out["time_ratio"] == pytest.approx(out["fused"]["seconds"] / out["unfused"]["seconds"])
+    with pytest.raises(ValueError, match="repeats"):
+        run_fused_linear_benchmark(4, 16, 4, "cpu", repeats=0)
