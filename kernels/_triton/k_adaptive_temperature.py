@@ -1,28 +1,58 @@
 """Adaptive temperature: per row, the authors' bisection on T in [tmin, tmax] for H(softmax(z / T)) ~ target.
 
 Exactness. The reference (kernels.reference._adaptive_temperature_row) evaluates
-  H(T) = -sum p log(p + 1e-9),  p = softmax(z / fl32(mid))  (fp32 maths)
-at float64 midpoints mid = (lo + hi) / 2 and branches on |H - target| < tol and H < target in float64. Here the
-midpoints are computed in float64 by the same recurrences (tmin, tmax, tol, ... are passed bit-exact as float64),
-z / T uses a correctly rounded fp32 division like torch on CPU, and the entropy keeps the 1e-9 inside the log.
-That eps makes H depend on the row's softmax normaliser S(T) inside the log (log(e_i / S + eps)), so H(T) needs S(T)
-first: every evaluated temperature costs two row sweeps, an S sweep and an H sweep. (Dropping the eps would give
-one-sweep evaluation but moves H by up to V * 1e-9 = 1.5e-4 nats at V = 151936, enough to change the bisection's
-path for some rows; the reference's T is the contract, so the kernel pays the second sweep.)
+  H_eps(T) = -sum p log(p + 1e-9),  p = softmax(z / fl32(mid))  (fp32 maths)
+at float64 midpoints mid = (lo + hi) / 2 and branches on |H_eps - target| < tol and H_eps < target in float64, with
+target = max(threshold, ratio * H_eps(1)). Here the midpoints are computed in float64 by the same recurrences
+(tmin, tmax, tol, ... are passed bit-exact as float64) and z / T uses a correctly rounded fp32 division like torch
+on CPU.
 
-Levels per pass. Each sweep evaluates the 2^LEVELS - 1 = 7 midpoints of the next LEVELS = 3 bisection levels at
-once (all nodes of the subtree under the current bracket, in heap order), then walks the decision path through
-them, so 3 levels cost one S sweep + one H sweep. Early exits (convergence, max_iter, and a bracket that can no
-longer move in float64, after which every further midpoint is the same number) are per row inside the kernels.
+Brackets instead of H_eps. H_eps needs the row's normaliser S(T) inside the log, so evaluating it directly costs an
+S sweep and then an H sweep per temperature. Instead, one online sweep gives (max, sum e, sum e * (y - max)) of
+y = z / T, hence the exact-form entropy H = log s - t / s (no eps), and since 0 <= p log(1 + eps / p) <= eps,
+  H - 1e-9 * V  <=  H_eps  <=  H.
+Widened on both sides by a rounding margin (see `bracket_params`: it covers the fp32 error of this H and of a
+direct fp32 evaluation of H_eps, with a safety factor), the bracket contains the H_eps that a direct evaluation
+would compute. The target gets the same treatment: the T = 1 lane's bracket for H_eps(1) gives the threshold test
+(H_eps(1) > threshold) and an interval for the target. A decision is taken from brackets when it is the same for
+every H_eps and every target in them (the comparisons are done in float64 on the interval ends; rounding is
+monotone, so the ends bound every value in between). When any decision on a row's path inside a group is not
+determined that way (H_eps within ~1e-9 * V + margin of target - tol, target or target + tol, or H_eps(1) of the
+threshold), that row alone does an exact sweep: -sum p log(p + 1e-9) for the group's 7 midpoints and T = 1 with
+p = exp(y - max) / s, s from the bracket sweep, and the group is decided from those values exactly as before (the
+target becomes exact too). The exact values are fp32 evaluations of the same expression as the previous version
+of this kernel; their normaliser s comes from the online sweep, so its last bits can differ from that version's
+fixed-shift sum. Only a row with an H_eps within fp32 rounding of a boundary could tell the difference, and such a
+row is decided by rounding against the reference as well.
 
-Pass structure (row sweeps; each reads the logits once, input dtype):
-  1 stats sweep (max, sum exp, validity), 1 sweep for H(T=1) together with S of the first 7 midpoints,
-  then per 3 levels one H sweep and one S sweep, then one write sweep (reads z, writes z / T).
-Rows that are finished skip their sweeps (they read nothing). Small batches split the row across programs and
-exchange per-row partials between launches (2 * G + 3 launches for G = min(ceil(max_iter / 3), 4) groups of 3
-levels); rows still unconverged after 12 levels are finished by a one-program-per-row kernel that runs the
-remaining levels in an in-kernel loop. Large batches (one program per row fills the GPU) run the whole algorithm
-in that single kernel: one launch. No path synchronises with the host.
+Lanes. Each sweep works on NC = 8 lanes: the 2^LEVELS - 1 = 7 midpoints of the next LEVELS = 3 bisection levels
+(the whole subtree under the current bracket, heap order; all known before any of its decisions) and T = 1 in
+lane 7. The first sweep of a row therefore also gives its validity (no NaN / +inf, something finite), its max and
+the bracket of H_eps(1): the target needs no sweep of its own. A group's decisions walk the 3 levels through the
+7 lanes. Early exits (convergence, max_iter, and a bracket that can no longer move in float64, after which every
+further midpoint is the same number) are per row inside the kernels.
+
+Pass structure (row sweeps; each reads the logits once in the input dtype):
+  per group of 3 levels one online sweep (the first one also takes the validity flags and the T = 1 lane), plus
+  one exact sweep for a group whose decisions the brackets leave open, then one write sweep (reads z, writes
+  z / T). A row that runs L >= 1 bisection levels without an open decision costs ceil(L / 3) + 1 sweeps (the
+  previous version, commit a927a45: 2 * ceil(L / 3) + 2). A row with T = 1 from the threshold test (or
+  max_iter = 0) costs 2: the first sweep is needed to know it. Finished rows skip their sweeps (they read
+  nothing). Open groups are rare with the scripts' tol = 0.1 (none in the tests' random rows); with a tol near the
+  brackets' width (~1e-4 nats at V = 4096, wider at larger V) the path converges into it and some groups open: at
+  tol = 3e-4 about a third of the tests' random rows paid one or two extra sweeps.
+Small batches split the row across programs and exchange per-row partials and state between launches: one stats
+launch, then per group a decide launch (brackets; exact partials for open rows) and, between groups, a resolve
+launch (takes the exact result where needed, runs the next group's sweep): 2 * G + 2 launches with the output,
+for G = min(ceil(max_iter / 3), 4) groups. Rows still unfinished after 12 levels are finished by a
+one-program-per-row kernel that runs the remaining levels in an in-kernel loop. Large batches (one program per row
+fills the GPU) run the whole algorithm in that single kernel: one launch. No path synchronises with the host.
+
+Status: this restructured version has only been run under the Triton interpreter (TRITON_INTERPRET=1, CPU tensors);
+no GPU was available when it was written, so it has not been compiled for CUDA and nothing here is a GPU
+measurement (sweep counts are counts, not timings). On the interpreter test data its T equals the reference's and
+the previous version's on every row, open rows included. `sweep_counts` (an optional int32 [B] output) reports
+each row's sweeps as the kernels count them; tests check the bound above with it.
 """
 
 from __future__ import annotations
@@ -31,24 +61,39 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._triton import k_entropy
 from kernels._triton._common import (
     as_rows,
     f64_arg,
     f64_bits,
     flags_update,
-    merge_max_sum,
     next_pow2,
     split_geometry,
     to_dtype_rne,
 )
 
 LEVELS = 3
-NC = 1 << LEVELS  # 7 candidate midpoints, padded to a power of two (lane 7 is computed but never chosen)
+NC = 1 << LEVELS  # 7 candidate midpoints + T = 1 in the last lane
 BLOCK = 512  # [BLOCK, NC] fp32 tiles: 16 values per thread at 8 warps
 NUM_WARPS = 8
 OUT_BLOCK = 4096
 SPLIT_GROUPS = 4  # groups of LEVELS levels run split across programs before the per-row finisher takes over
+REC = 2 + 2 * NC  # split partial record: max, validity code, s[NC], t[NC]
+SF = 8  # float64 fields of a state record: lo, hi, t, target_lo, target_hi
+SI = 8  # int32 fields of a state record: it, done, valid, sweeps, open (undecided by the brackets)
+ADAPTIVE_EPS = 1e-9
+
+
+def bracket_params(vocab: int) -> tuple[float, float]:
+    """(eps_width, rel_err): the bracket of H_eps around the exact-form H is
+    [H - eps_width - rel_err * (1 + |H|), H + rel_err * (1 + |H|)].
+
+    eps_width = 1e-9 * V bounds sum p log(1 + eps / p). rel_err bounds (twice over) the fp32 error of H from the
+    online sums plus that of a direct fp32 H_eps, both relative to 1 + H (all terms of either sum have one sign):
+    per block one sequential add and at most one rescale of the running sums (a few roundings each), plus the
+    in-block tree, exp, log and division roundings.
+    """
+    nblk = triton.cdiv(max(vocab, 1), BLOCK)
+    return ADAPTIVE_EPS * vocab, (4 * nblk + 64) * 2.0**-23
 
 
 @triton.jit
@@ -71,223 +116,352 @@ def _candidates(lo, hi, LEVELS: tl.constexpr, NC: tl.constexpr):
 
 
 @triton.jit
-def _sweep(row, start, end, m, inv_s0, t32, mt, inv_s, WITH_H0: tl.constexpr, MODE: tl.constexpr,
-           BLOCK: tl.constexpr, NC: tl.constexpr):
-    """One pass over row[start:end]. WITH_H0: sum p log(p + eps) at T = 1 (p = exp(z - m) / S0).
-    MODE 1: per candidate c, sum exp(z / T_c - m / T_c). MODE 2: per candidate, sum p log(p + eps) with
-    p = exp(z / T_c - m / T_c) / S_c. (-inf entries give p = 0 and contribute 0.)"""
-    h0 = tl.zeros((), tl.float32)
+def _lane_temps(lo, hi, LEVELS: tl.constexpr, NC: tl.constexpr):
+    """The group's lane temperatures: 7 midpoints and T = 1 in lane NC - 1 (the walk never reaches that lane)."""
+    tc = _candidates(lo, hi, LEVELS, NC)
+    tc = tl.where(tl.arange(0, NC) == NC - 1, 1.0, tc)
+    return tc, tc.to(tl.float32)
+
+
+@triton.jit
+def _sweep_stats(row, start, end, t32, FLAGS: tl.constexpr, BLOCK: tl.constexpr, NC: tl.constexpr):
+    """One pass over row[start:end]: per lane c, online (max, s, t) of y = fl(z / T_c), s = sum exp(y - max_c),
+    t = sum exp(y - max_c) * (y - max_c), max_c = fl(max z / T_c) (division is monotone). FLAGS: validity too."""
+    m = tl.full((), float("-inf"), tl.float32)
+    s = tl.zeros([NC], tl.float32)
+    t = tl.zeros([NC], tl.float32)
+    bad = tl.zeros((), tl.int32)
+    fin = tl.zeros((), tl.int32)
+    tt = t32[None, :] + tl.zeros([BLOCK, 1], tl.float32)
+    for off in range(start, end, BLOCK):
+        idx = off + tl.arange(0, BLOCK)
+        z = tl.load(row + idx, mask=idx < end, other=float("-inf")).to(tl.float32)
+        if FLAGS:
+            bad, fin = flags_update(bad, fin, z)
+        m_new = tl.maximum(m, tl.max(z, axis=0))
+        m_old_c = tl.math.div_rn(tl.zeros([NC], tl.float32) + m, t32)
+        ms = tl.math.div_rn(tl.zeros([NC], tl.float32) + m_new, t32)
+        # nothing finite yet: shift by 0 so that exp(-inf - (-inf)) never makes a NaN (the sums are 0 then)
+        ms = tl.where(ms == float("-inf"), 0.0, ms)
+        scale = tl.exp(m_old_c - ms)
+        y = tl.math.div_rn(z[:, None] + tl.zeros([1, NC], tl.float32), tt)  # fl(z / T) as torch on CPU
+        d = y - ms[None, :]
+        e = tl.exp(d)
+        et = tl.where(e > 0, e * d, 0.0)  # e * (-inf) would be NaN for masked entries
+        t = scale * (t + tl.where(s > 0, (m_old_c - ms) * s, 0.0)) + tl.sum(et, axis=0)
+        s = s * scale + tl.sum(e, axis=0)
+        m = m_new
+    return m, s, t, bad, fin
+
+
+@triton.jit
+def _sweep_eps(row, start, end, t32, mt, inv_s, BLOCK: tl.constexpr, NC: tl.constexpr):
+    """One pass over row[start:end]: per lane, sum p log(p + eps), p = exp(fl(z / T_c) - mt_c) * inv_s_c, the
+    reference's H_eps (negated) evaluated directly. (-inf entries give p = 0 and contribute 0.)"""
     acc = tl.zeros([NC], tl.float32)
     for off in range(start, end, BLOCK):
         idx = off + tl.arange(0, BLOCK)
         z = tl.load(row + idx, mask=idx < end, other=float("-inf")).to(tl.float32)
-        if WITH_H0:
-            p = tl.exp(z - m) * inv_s0
-            h0 += tl.sum(p * tl.log(p + 1e-9), axis=0)
-        if MODE > 0:
-            zz = z[:, None] + tl.zeros([1, NC], tl.float32)
-            y = tl.math.div_rn(zz, t32[None, :] + tl.zeros([BLOCK, 1], tl.float32))  # fl(z / T) as torch on CPU
-            e = tl.exp(y - mt[None, :])
-            if MODE == 1:
-                acc += tl.sum(e, axis=0)
-            else:
-                p = e * inv_s[None, :]
-                acc += tl.sum(p * tl.log(p + 1e-9), axis=0)
-    return h0, acc
+        zz = z[:, None] + tl.zeros([1, NC], tl.float32)
+        y = tl.math.div_rn(zz, t32[None, :] + tl.zeros([BLOCK, 1], tl.float32))
+        e = tl.exp(y - mt[None, :])
+        p = e * inv_s[None, :]
+        acc += tl.sum(p * tl.log(p + 1e-9), axis=0)
+    return acc
 
 
 @triton.jit
-def _walk(lo, hi, t, it, done, target, tol, max_iter, tc, hv, LEVELS: tl.constexpr, NC: tl.constexpr):
-    """Follow the reference's decisions through the LEVELS levels whose entropies hv [NC] (at midpoints tc, heap
-    order) are known. A row is done when it converged, used max_iter midpoints, or its midpoint equals a bracket
-    end (then every later midpoint is that same number, so the reference would return it)."""
+def _brackets(s, t, eps_v, rel):
+    """[NC] float64 bracket ends of H_eps from the online sums (see bracket_params)."""
+    h = tl.log(s).to(tl.float64) - t.to(tl.float64) / s.to(tl.float64)
+    err = rel * (1.0 + tl.abs(h))
+    return h - eps_v - err, h + err
+
+
+@triton.jit
+def _lane(x, lane, NC: tl.constexpr):
+    return tl.sum(tl.where(tl.arange(0, NC) == lane, x, 0.0), axis=0)
+
+
+@triton.jit
+def _decide(lo, hi, t, it, done, tg_lo, tg_hi, first, exact, hl, hh, tc, tol, thr, ratio, max_iter,
+            LEVELS: tl.constexpr, NC: tl.constexpr):
+    """One group's decisions from H_eps brackets hl <= H_eps <= hh per lane (exact: hl == hh, the value itself).
+
+    first: the row's first group, whose lane NC - 1 (T = 1) gives the threshold test and the target (also taken
+    from lane NC - 1 whenever exact, so an exact group leaves an exact target behind). A decision is taken when it
+    holds over the whole bracket of H_eps and of the target; `open` reports a live one that does not (never with
+    exact values, unless they are NaN, for which the result equals the reference's branch all the same). A row is
+    done when it converged, used max_iter midpoints, or its midpoint equals a bracket end (then every later
+    midpoint is that same number, so the reference would return it).
+    """
+    h0_lo = _lane(hl, NC - 1, NC)
+    h0_hi = _lane(hh, NC - 1, NC)
+    live0 = first & (done == 0)
+    thr_yes = h0_lo > thr
+    thr_no = h0_hi <= thr
+    open_ = (live0 & (thr_yes == 0) & (thr_no == 0)).to(tl.int32)
+    done = tl.where(live0 & thr_no, 1, done)
+    a = ratio * h0_lo
+    b = ratio * h0_hi
+    upd = first | exact
+    tg_lo = tl.where(upd, tl.maximum(thr, tl.minimum(a, b)), tg_lo)
+    tg_hi = tl.where(upd, tl.maximum(thr, tl.maximum(a, b)), tg_hi)
     lanes = tl.arange(0, NC)
     node = tl.zeros((), tl.int32)
     for _ in tl.static_range(LEVELS):
         live = (done == 0) & (it < max_iter)
         mid = tl.sum(tl.where(lanes == node, tc, 0.0), axis=0)
-        h = tl.sum(tl.where(lanes == node, hv, 0.0), axis=0).to(tl.float64)
+        h_lo = tl.sum(tl.where(lanes == node, hl, 0.0), axis=0)
+        h_hi = tl.sum(tl.where(lanes == node, hh, 0.0), axis=0)
         t = tl.where(live, mid, t)
         it = it + live.to(tl.int32)
-        conv = tl.abs(h - target) < tol
-        up = h < target  # too cold: raise the lower bound
+        # fl(h - target) is monotone in both, so the interval ends bound it over the brackets
+        d_lo = h_lo - tg_hi
+        d_hi = h_hi - tg_lo
+        conv = (d_lo > -tol) & (d_hi < tol)  # |h - target| < tol for all
+        far = (d_lo >= tol) | (d_hi <= -tol)  # for none
+        up = h_hi < tg_lo  # too cold (raise the lower bound) for all
+        down = h_lo >= tg_hi  # for none
+        known = conv | (far & (up | down))
+        open_ = tl.where(live & (known == 0), 1, open_)
         stuck = (mid == lo) | (mid == hi)
         lo = tl.where(live & (conv == 0) & up, mid, lo)
         hi = tl.where(live & (conv == 0) & (up == 0), mid, hi)
         done = tl.where(live & (conv | stuck | (it >= max_iter)), 1, done)
         node = tl.where(up, 2 * node + 2, 2 * node + 1)
-    return lo, hi, t, it, done
+    return lo, hi, t, it, done, tg_lo, tg_hi, open_
 
 
 @triton.jit
-def _cand_f32(lo, hi, m, LEVELS: tl.constexpr, NC: tl.constexpr):
-    tc = _candidates(lo, hi, LEVELS, NC)
-    t32 = tc.to(tl.float32)
-    mt = tl.math.div_rn(tl.zeros([NC], tl.float32) + m, t32)  # max of z / T is fl(max z / T): division is monotone
-    return tc, t32, mt
+def _row_group(row, V, m, s, ts, tc, t32, lo, hi, t, it, done, tg_lo, tg_hi, first, tol, thr, ratio, eps_v, rel,
+               max_iter, BLOCK: tl.constexpr, LEVELS: tl.constexpr, NC: tl.constexpr):
+    """A whole-row program's group: decide from brackets; an open row does the exact sweep and decides again."""
+    hl, hh = _brackets(s, ts, eps_v, rel)
+    b_lo, b_hi, b_t, b_it, b_done, b_tgl, b_tgh, open_ = _decide(
+        lo, hi, t, it, done, tg_lo, tg_hi, first, False, hl, hh, tc, tol, thr, ratio, max_iter, LEVELS, NC)
+    mt = tl.math.div_rn(tl.zeros([NC], tl.float32) + m, t32)
+    acc = _sweep_eps(row, 0, tl.where(open_ != 0, V, 0), t32, mt, 1.0 / s, BLOCK, NC)
+    he = (-acc).to(tl.float64)
+    e_lo, e_hi, e_t, e_it, e_done, e_tgl, e_tgh, _ = _decide(
+        lo, hi, t, it, done, tg_lo, tg_hi, first, True, he, he, tc, tol, thr, ratio, max_iter, LEVELS, NC)
+    o = open_ != 0
+    return (tl.where(o, e_lo, b_lo), tl.where(o, e_hi, b_hi), tl.where(o, e_t, b_t), tl.where(o, e_it, b_it),
+            tl.where(o, e_done, b_done), tl.where(o, e_tgl, b_tgl), tl.where(o, e_tgh, b_tgh), open_)
 
 
 @triton.jit
-def _state_ptrs(sf_ptr, si_ptr, slot, b, B):
+def _state_ptrs(sf_ptr, si_ptr, slot, b, B, SF: tl.constexpr, SI: tl.constexpr):
     base = slot * B + b
-    return sf_ptr + base * 4, si_ptr + base * 4
+    return sf_ptr + base * SF, si_ptr + base * SI
 
 
 @triton.jit
-def _store_state(sf, si, lo, hi, t, target, it, done, valid, ok):
+def _load_state(sf, si):
+    return (tl.load(sf + 0), tl.load(sf + 1), tl.load(sf + 2), tl.load(sf + 3), tl.load(sf + 4),
+            tl.load(si + 0), tl.load(si + 1), tl.load(si + 2), tl.load(si + 3), tl.load(si + 4))
+
+
+@triton.jit
+def _store_state(sf, si, lo, hi, t, tg_lo, tg_hi, it, done, valid, cnt, open_, ok):
     okv = ok != 0
     tl.store(sf + 0, lo, mask=okv)
     tl.store(sf + 1, hi, mask=okv)
     tl.store(sf + 2, t, mask=okv)
-    tl.store(sf + 3, target, mask=okv)
+    tl.store(sf + 3, tg_lo, mask=okv)
+    tl.store(sf + 4, tg_hi, mask=okv)
     tl.store(si + 0, it, mask=okv)
     tl.store(si + 1, done, mask=okv)
     tl.store(si + 2, valid.to(tl.int32), mask=okv)
+    tl.store(si + 3, cnt, mask=okv)
+    tl.store(si + 4, open_, mask=okv)
 
 
 @triton.jit
-def at_h0_kernel(x_ptr, p0_ptr, h0_ptr, s_ptr, stride_x, V, CHUNK, NSPLIT, tmin_bits, tmax_bits,
-                 NSPLIT_P2: tl.constexpr, BLOCK: tl.constexpr, LEVELS: tl.constexpr, NC: tl.constexpr):
-    """Sweep 2 (split): H(T=1) partials and S partials of the first group's 7 midpoints (known before any
-    decision: they depend on tmin and tmax only)."""
+def _merge_stats(base, t32, NSPLIT, NSPLIT_P2: tl.constexpr, REC: tl.constexpr, NC: tl.constexpr):
+    """Merge the split records of one row into (max z, s [NC], t [NC], valid), s and t relative to each lane's
+    max fl(max z / T_c). Every program that merges the same records gets the same bits."""
+    k = tl.arange(0, NSPLIT_P2)
+    lanes = tl.arange(0, NC)
+    msk = k < NSPLIT
+    pm = tl.load(base + k * REC, mask=msk, other=float("-inf"))
+    code = tl.load(base + k * REC + 1, mask=msk, other=0.0).to(tl.int32)
+    ps = tl.load(base + k[:, None] * REC + 2 + lanes[None, :], mask=msk[:, None], other=0.0)
+    pt = tl.load(base + k[:, None] * REC + 2 + NC + lanes[None, :], mask=msk[:, None], other=0.0)
+    big_m = tl.max(pm, axis=0)
+    mc = tl.math.div_rn(tl.zeros([NC], tl.float32) + big_m, t32)
+    mc = tl.where(mc == float("-inf"), 0.0, mc)
+    pmc = tl.math.div_rn(pm[:, None] + tl.zeros([1, NC], tl.float32), t32[None, :] + tl.zeros([NSPLIT_P2, 1],
+                                                                                              tl.float32))
+    sc = tl.exp(pmc - mc[None, :])
+    s = tl.sum(ps * sc, axis=0)
+    t = tl.sum(tl.where(ps > 0, sc * (pt + (pmc - mc[None, :]) * ps), 0.0), axis=0)
+    valid = (tl.max(code & 1, axis=0) == 0) & (tl.max((code >> 1) & 1, axis=0) == 1)
+    return big_m, s, t, valid
+
+
+@triton.jit
+def at_stats_kernel(x_ptr, part_ptr, stride_x, V, CHUNK, NSPLIT, tmin_bits, tmax_bits,
+                    BLOCK: tl.constexpr, LEVELS: tl.constexpr, NC: tl.constexpr, REC: tl.constexpr):
+    """Sweep 1 (split): validity, max, and the online sums of the first group's 7 midpoints and of T = 1 (known
+    before any decision: they depend on tmin and tmax only)."""
     b = tl.program_id(0).to(tl.int64)
     k = tl.program_id(1)
     start = k * CHUNK
     end = tl.minimum(start + CHUNK, V)
-    m, s0, valid = merge_max_sum(p0_ptr + b * NSPLIT * 4, NSPLIT, NSPLIT_P2, 4)
-    tc, t32, mt = _cand_f32(f64_arg(tmin_bits), f64_arg(tmax_bits), m, LEVELS, NC)
-    stop = tl.where(valid, end, start)
-    h0, acc = _sweep(x_ptr + b * stride_x, start, stop, m, 1.0 / s0, t32, mt, t32, True, 1, BLOCK, NC)
-    tl.store(h0_ptr + b * NSPLIT + k, h0)
-    tl.store(s_ptr + (b * NSPLIT + k) * NC + tl.arange(0, NC), acc)
+    _, t32 = _lane_temps(f64_arg(tmin_bits), f64_arg(tmax_bits), LEVELS, NC)
+    m, s, t, bad, fin = _sweep_stats(x_ptr + b * stride_x, start, end, t32, True, BLOCK, NC)
+    rec = part_ptr + (b * NSPLIT + k) * REC
+    lanes = tl.arange(0, NC)
+    tl.store(rec + 0, m)
+    tl.store(rec + 1, (bad + 2 * fin).to(tl.float32))
+    tl.store(rec + 2 + lanes, s)
+    tl.store(rec + 2 + NC + lanes, t)
 
 
 @triton.jit
-def at_group_kernel(x_ptr, p0_ptr, h0_ptr, s_ptr, hc_ptr, sf_ptr, si_ptr, stride_x, V, CHUNK, NSPLIT, B, G,
-                    tmin_bits, tmax_bits, tol_bits, ratio_bits, thr_bits, max_iter,
+def at_group_kernel(x_ptr, part_ptr, hc_ptr, sf_ptr, si_ptr, stride_x, V, CHUNK, NSPLIT, B, GI,
+                    tmin_bits, tmax_bits, tol_bits, ratio_bits, thr_bits, epsv_bits, rel_bits, max_iter,
                     NSPLIT_P2: tl.constexpr, BLOCK: tl.constexpr, LEVELS: tl.constexpr, NC: tl.constexpr,
-                    PHASE_H: tl.constexpr):
-    """Group G of LEVELS levels, split across programs.
+                    REC: tl.constexpr, SF: tl.constexpr, SI: tl.constexpr, RESOLVE: tl.constexpr):
+    """Group GI split across programs. State records: slot GI % 2 holds the state at the start of group GI, slot
+    2 the bracket decision of the group in flight; program 0 of a row stores, every program computes the same.
 
-    PHASE_H: H sweep of group G's candidates (their S partials came from the previous launch). At G = 0 it also
-    turns H(T=1) into the target and the initial state. PHASE_S: decide group G - 1 from its H partials, store the
-    new state, S sweep of group G's candidates. Programs of a row compute identical state; program 0 stores it
-    (double-buffered by G's parity so no program reads a slot that the same launch writes).
+    not RESOLVE (decide): merge the group's online partials, decide from brackets, store that decision in slot 2;
+    open rows sweep their chunk for the exact H_eps partials. At GI = 0 the start state comes from the merged
+    validity and is stored in slot 0. RESOLVE: take slot 2's decision, or for an open row the exact decision from
+    the start state and the exact partials; store it as the start of group GI + 1 and sweep that group's online
+    partials.
     """
     b = tl.program_id(0).to(tl.int64)
     k = tl.program_id(1)
     start = k * CHUNK
     end = tl.minimum(start + CHUNK, V)
-    G = tl.zeros((), tl.int32) + G
+    row = x_ptr + b * stride_x
+    gi = tl.zeros((), tl.int32) + GI
+    first = gi == 0
     tol = f64_arg(tol_bits)
+    thr = f64_arg(thr_bits)
+    ratio = f64_arg(ratio_bits)
     lanes = tl.arange(0, NC)
     splits = tl.arange(0, NSPLIT_P2)
-    smask = splits < NSPLIT
-    m, s0, valid = merge_max_sum(p0_ptr + b * NSPLIT * 4, NSPLIT, NSPLIT_P2, 4)
-    row = x_ptr + b * stride_x
-    if PHASE_H:
-        if G == 0:
-            h0 = -tl.sum(tl.load(h0_ptr + b * NSPLIT + splits, mask=smask, other=0.0), axis=0).to(tl.float64)
-            thr = f64_arg(thr_bits)
-            target = tl.maximum(thr, f64_arg(ratio_bits) * h0)
-            lo = f64_arg(tmin_bits)
-            hi = f64_arg(tmax_bits)
-            t = tl.full((), 1.0, tl.float64)
-            it = tl.zeros((), tl.int32)
-            done = (((valid & (h0 > thr)) == 0) | (max_iter == 0)).to(tl.int32)
-            sf, si = _state_ptrs(sf_ptr, si_ptr, 0, b, B)
-            _store_state(sf, si, lo, hi, t, target, it, done, valid, k == 0)
-        else:
-            sf, si = _state_ptrs(sf_ptr, si_ptr, G % 2, b, B)
-            lo = tl.load(sf + 0)
-            hi = tl.load(sf + 1)
-            done = tl.load(si + 1)
-        s_c = tl.sum(tl.load(s_ptr + (b * NSPLIT + splits[:, None]) * NC + lanes[None, :],
-                             mask=smask[:, None], other=0.0), axis=0)
-        tc, t32, mt = _cand_f32(lo, hi, m, LEVELS, NC)
-        stop = tl.where(done == 0, end, start)
-        _, acc = _sweep(row, start, stop, m, 1.0, t32, mt, 1.0 / s_c, False, 2, BLOCK, NC)
-        tl.store(hc_ptr + (b * NSPLIT + k) * NC + lanes, acc)
+    sf, si = _state_ptrs(sf_ptr, si_ptr, gi % 2, b, B, SF, SI)
+    lo, hi, t, tg_lo, tg_hi, it, done, valid, cnt, _ = _load_state(sf, si)
+    pf, pi = _state_ptrs(sf_ptr, si_ptr, 2, b, B, SF, SI)
+    if RESOLVE:
+        p_lo, p_hi, p_t, p_tgl, p_tgh, p_it, p_done, _, p_cnt, p_open = _load_state(pf, pi)
+        tc, _ = _lane_temps(lo, hi, LEVELS, NC)
+        acc = tl.sum(tl.load(hc_ptr + (b * NSPLIT + splits[:, None]) * NC + lanes[None, :],
+                             mask=(splits < NSPLIT)[:, None], other=0.0), axis=0)
+        he = (-acc).to(tl.float64)
+        e_lo, e_hi, e_t, e_it, e_done, e_tgl, e_tgh, _ = _decide(
+            lo, hi, t, it, done, tg_lo, tg_hi, first, True, he, he, tc, tol, thr, ratio, max_iter, LEVELS, NC)
+        o = p_open != 0
+        lo = tl.where(o, e_lo, p_lo)
+        hi = tl.where(o, e_hi, p_hi)
+        t = tl.where(o, e_t, p_t)
+        it = tl.where(o, e_it, p_it)
+        done = tl.where(o, e_done, p_done)
+        tg_lo = tl.where(o, e_tgl, p_tgl)
+        tg_hi = tl.where(o, e_tgh, p_tgh)
+        cnt = p_cnt + (done == 0).to(tl.int32)
+        sf, si = _state_ptrs(sf_ptr, si_ptr, (gi + 1) % 2, b, B, SF, SI)
+        _store_state(sf, si, lo, hi, t, tg_lo, tg_hi, it, done, valid, cnt, 0, k == 0)
+        _, t32 = _lane_temps(lo, hi, LEVELS, NC)
+        m, s, ts, _, _ = _sweep_stats(row, start, tl.where(done == 0, end, start), t32, False, BLOCK, NC)
+        rec = part_ptr + (b * NSPLIT + k) * REC
+        tl.store(rec + 0, m)
+        tl.store(rec + 1, 0.0)
+        tl.store(rec + 2 + lanes, s)
+        tl.store(rec + 2 + NC + lanes, ts)
     else:
-        sf, si = _state_ptrs(sf_ptr, si_ptr, (G - 1) % 2, b, B)
-        lo = tl.load(sf + 0)
-        hi = tl.load(sf + 1)
-        t = tl.load(sf + 2)
-        target = tl.load(sf + 3)
-        it = tl.load(si + 0)
-        done = tl.load(si + 1)
-        hv = -tl.sum(tl.load(hc_ptr + (b * NSPLIT + splits[:, None]) * NC + lanes[None, :],
-                             mask=smask[:, None], other=0.0), axis=0)
-        tc = _candidates(lo, hi, LEVELS, NC)
-        lo, hi, t, it, done = _walk(lo, hi, t, it, done, target, tol, max_iter, tc, hv, LEVELS, NC)
-        sf, si = _state_ptrs(sf_ptr, si_ptr, G % 2, b, B)
-        _store_state(sf, si, lo, hi, t, target, it, done, valid, k == 0)
-        tc, t32, mt = _cand_f32(lo, hi, m, LEVELS, NC)
-        stop = tl.where(done == 0, end, start)
-        _, acc = _sweep(row, start, stop, m, 1.0, t32, mt, t32, False, 1, BLOCK, NC)
-        tl.store(s_ptr + (b * NSPLIT + k) * NC + lanes, acc)
+        lo = tl.where(first, f64_arg(tmin_bits), lo)
+        hi = tl.where(first, f64_arg(tmax_bits), hi)
+        tc, t32 = _lane_temps(lo, hi, LEVELS, NC)
+        m, s, ts, valid_m = _merge_stats(part_ptr + b * NSPLIT * REC, t32, NSPLIT, NSPLIT_P2, REC, NC)
+        valid = tl.where(first, valid_m.to(tl.int32), valid)
+        done = tl.where(first, ((valid_m == 0) | (max_iter == 0)).to(tl.int32), done)
+        t = tl.where(first, 1.0, t)
+        it = tl.where(first, 0, it)
+        tg_lo = tl.where(first, 0.0, tg_lo)
+        tg_hi = tl.where(first, 0.0, tg_hi)
+        cnt = tl.where(first, 1, cnt)
+        _store_state(sf, si, lo, hi, t, tg_lo, tg_hi, it, done, valid, cnt, 0, first & (k == 0))
+        hl, hh = _brackets(s, ts, f64_arg(epsv_bits), f64_arg(rel_bits))
+        b_lo, b_hi, b_t, b_it, b_done, b_tgl, b_tgh, open_ = _decide(
+            lo, hi, t, it, done, tg_lo, tg_hi, first, False, hl, hh, tc, tol, thr, ratio, max_iter, LEVELS, NC)
+        _store_state(pf, pi, b_lo, b_hi, b_t, b_tgl, b_tgh, b_it, b_done, valid, cnt + open_, open_, k == 0)
+        mt = tl.math.div_rn(tl.zeros([NC], tl.float32) + m, t32)
+        acc = _sweep_eps(row, start, tl.where(open_ != 0, end, start), t32, mt, 1.0 / s, BLOCK, NC)
+        tl.store(hc_ptr + (b * NSPLIT + k) * NC + lanes, acc)
 
 
 @triton.jit
-def at_finish_kernel(x_ptr, out_ptr, p0_ptr, hc_ptr, sf_ptr, si_ptr, temps_ptr, valid_ptr, stride_x, stride_o, V,
-                     NSPLIT, B, G, tmin_bits, tmax_bits, tol_bits, ratio_bits, thr_bits, max_iter,
-                     NSPLIT_P2: tl.constexpr, BLOCK: tl.constexpr, LEVELS: tl.constexpr, NC: tl.constexpr,
-                     FULL: tl.constexpr, OUT_BLOCK: tl.constexpr):
-    """One program per row. FULL: the whole algorithm (stats, H(T=1), all groups, output) in this program.
-    Else: decide group G - 1 from the split launches' H partials, then run any remaining levels here; the output
+def at_row_kernel(x_ptr, out_ptr, hc_ptr, sf_ptr, si_ptr, temps_ptr, valid_ptr, cnt_ptr, stride_x, stride_o, V,
+                  NSPLIT, B, G, tmin_bits, tmax_bits, tol_bits, ratio_bits, thr_bits, epsv_bits, rel_bits, max_iter,
+                  NSPLIT_P2: tl.constexpr, BLOCK: tl.constexpr, LEVELS: tl.constexpr, NC: tl.constexpr,
+                  SF: tl.constexpr, SI: tl.constexpr, FULL: tl.constexpr, OUT_BLOCK: tl.constexpr,
+                  COUNT: tl.constexpr):
+    """One program per row. FULL: the whole algorithm (first sweep, all groups, output) in this program.
+    Else: resolve split group G - 1 (as at_group_kernel's RESOLVE), then run any remaining levels here; the output
     is written by at_out_kernel."""
     b = tl.program_id(0).to(tl.int64)
     row = x_ptr + b * stride_x
     tol = f64_arg(tol_bits)
-    lanes = tl.arange(0, NC)
+    thr = f64_arg(thr_bits)
+    ratio = f64_arg(ratio_bits)
+    eps_v = f64_arg(epsv_bits)
+    rel = f64_arg(rel_bits)
+    not_first = tl.zeros((), tl.int32) != 0
     if FULL:
-        m = tl.full((), float("-inf"), tl.float32)
-        s0 = tl.zeros((), tl.float32)
-        bad = tl.zeros((), tl.int32)
-        fin = tl.zeros((), tl.int32)
-        for off in range(0, V, OUT_BLOCK):
-            idx = off + tl.arange(0, OUT_BLOCK)
-            z = tl.load(row + idx, mask=idx < V, other=float("-inf")).to(tl.float32)
-            m_new = tl.maximum(m, tl.max(z, axis=0))
-            ms = tl.where(m_new == float("-inf"), 0.0, m_new)
-            s0 = s0 * tl.exp(m - ms) + tl.sum(tl.exp(z - ms), axis=0)
-            m = m_new
-            bad, fin = flags_update(bad, fin, z)
-        valid = (bad == 0) & (fin == 1)
         lo = f64_arg(tmin_bits)
         hi = f64_arg(tmax_bits)
-        tc, t32, mt = _cand_f32(lo, hi, m, LEVELS, NC)
-        h0, s_c = _sweep(row, 0, tl.where(valid, V, 0), m, 1.0 / s0, t32, mt, t32, True, 1, BLOCK, NC)
-        h0 = (-h0).to(tl.float64)
-        thr = f64_arg(thr_bits)
-        target = tl.maximum(thr, f64_arg(ratio_bits) * h0)
+        tc, t32 = _lane_temps(lo, hi, LEVELS, NC)
+        m, s, ts, bad, fin = _sweep_stats(row, 0, V, t32, True, BLOCK, NC)
+        valid = (bad == 0) & (fin == 1)
+        done = ((valid == 0) | (max_iter == 0)).to(tl.int32)
         t = tl.full((), 1.0, tl.float64)
         it = tl.zeros((), tl.int32)
-        done = (((valid & (h0 > thr)) == 0) | (max_iter == 0)).to(tl.int32)
-        _, acc = _sweep(row, 0, tl.where(done == 0, V, 0), m, 1.0, t32, mt, 1.0 / s_c, False, 2, BLOCK, NC)
-        lo, hi, t, it, done = _walk(lo, hi, t, it, done, target, tol, max_iter, tc, -acc, LEVELS, NC)
+        tg_lo = tl.zeros((), tl.float64)
+        tg_hi = tl.zeros((), tl.float64)
+        lo, hi, t, it, done, tg_lo, tg_hi, open_ = _row_group(
+            row, V, m, s, ts, tc, t32, lo, hi, t, it, done, tg_lo, tg_hi, not_first == 0, tol, thr, ratio, eps_v,
+            rel, max_iter, BLOCK, LEVELS, NC)
+        cnt = 1 + open_
     else:
-        m, s0, valid = merge_max_sum(p0_ptr + b * NSPLIT * 4, NSPLIT, NSPLIT_P2, 4)
-        sf, si = _state_ptrs(sf_ptr, si_ptr, (G - 1) % 2, b, B)
-        lo = tl.load(sf + 0)
-        hi = tl.load(sf + 1)
-        t = tl.load(sf + 2)
-        target = tl.load(sf + 3)
-        it = tl.load(si + 0)
-        done = tl.load(si + 1)
+        gi = tl.zeros((), tl.int32) + G - 1
+        sf, si = _state_ptrs(sf_ptr, si_ptr, gi % 2, b, B, SF, SI)
+        lo, hi, t, tg_lo, tg_hi, it, done, valid, _, _ = _load_state(sf, si)
+        pf, pi = _state_ptrs(sf_ptr, si_ptr, 2, b, B, SF, SI)
+        p_lo, p_hi, p_t, p_tgl, p_tgh, p_it, p_done, _, cnt, p_open = _load_state(pf, pi)
+        tc, _ = _lane_temps(lo, hi, LEVELS, NC)
         splits = tl.arange(0, NSPLIT_P2)
-        hv = -tl.sum(tl.load(hc_ptr + (b * NSPLIT + splits[:, None]) * NC + lanes[None, :],
+        acc = tl.sum(tl.load(hc_ptr + (b * NSPLIT + splits[:, None]) * NC + tl.arange(0, NC)[None, :],
                              mask=(splits < NSPLIT)[:, None], other=0.0), axis=0)
-        tc = _candidates(lo, hi, LEVELS, NC)
-        lo, hi, t, it, done = _walk(lo, hi, t, it, done, target, tol, max_iter, tc, hv, LEVELS, NC)
+        he = (-acc).to(tl.float64)
+        e_lo, e_hi, e_t, e_it, e_done, e_tgl, e_tgh, _ = _decide(
+            lo, hi, t, it, done, tg_lo, tg_hi, gi == 0, True, he, he, tc, tol, thr, ratio, max_iter, LEVELS, NC)
+        o = p_open != 0
+        lo = tl.where(o, e_lo, p_lo)
+        hi = tl.where(o, e_hi, p_hi)
+        t = tl.where(o, e_t, p_t)
+        it = tl.where(o, e_it, p_it)
+        done = tl.where(o, e_done, p_done)
+        tg_lo = tl.where(o, e_tgl, p_tgl)
+        tg_hi = tl.where(o, e_tgh, p_tgh)
+        valid = valid != 0
     while done == 0:
-        tc, t32, mt = _cand_f32(lo, hi, m, LEVELS, NC)
-        _, s_c = _sweep(row, 0, V, m, 1.0, t32, mt, t32, False, 1, BLOCK, NC)
-        _, acc = _sweep(row, 0, V, m, 1.0, t32, mt, 1.0 / s_c, False, 2, BLOCK, NC)
-        lo, hi, t, it, done = _walk(lo, hi, t, it, done, target, tol, max_iter, tc, -acc, LEVELS, NC)
+        tc, t32 = _lane_temps(lo, hi, LEVELS, NC)
+        m, s, ts, _, _ = _sweep_stats(row, 0, V, t32, False, BLOCK, NC)
+        lo, hi, t, it, done, tg_lo, tg_hi, open_ = _row_group(
+            row, V, m, s, ts, tc, t32, lo, hi, t, it, done, tg_lo, tg_hi, not_first, tol, thr, ratio, eps_v,
+            rel, max_iter, BLOCK, LEVELS, NC)
+        cnt += 1 + open_
     t32_final = t.to(tl.float32)
     tl.store(temps_ptr + b, t32_final)
     tl.store(valid_ptr + b, valid.to(tl.int8))
+    if COUNT:
+        tl.store(cnt_ptr + b, cnt + 1)  # + the output sweep
     if FULL:
         _write_out(row, out_ptr + b * stride_o, 0, V, t32_final, valid, OUT_BLOCK)
 
@@ -323,8 +497,13 @@ def adaptive_temperature(
     target_ratio: float,
     threshold: float,
     num_splits: int | None = None,
+    sweep_counts: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """[B, V] any float dtype -> (logits / T same dtype, T [B] fp32, valid [B] bool), T exactly the reference's."""
+    """[B, V] any float dtype -> (logits / T same dtype, T [B] fp32, valid [B] bool), T exactly the reference's.
+
+    sweep_counts: optional int32 [B] tensor on the logits' device; the kernels write each row's number of sweeps
+    over the row into it (the output write included).
+    """
     x = as_rows(logits)
     batch, vocab = x.shape
     dev = x.device
@@ -333,43 +512,51 @@ def adaptive_temperature(
     valid = torch.empty(batch, dtype=torch.int8, device=dev)
     if batch == 0:
         return out, temps, valid.view(torch.bool)
+    count = sweep_counts is not None
+    if count:
+        assert sweep_counts.dtype == torch.int32 and sweep_counts.shape == (batch,) and sweep_counts.device == dev
+    cnt = sweep_counts if count else valid
+    eps_v, rel = bracket_params(vocab)
     bits = dict(
         tmin_bits=f64_bits(tmin),
         tmax_bits=f64_bits(tmax),
         tol_bits=f64_bits(tol),
         ratio_bits=f64_bits(target_ratio),
         thr_bits=f64_bits(threshold),
+        epsv_bits=f64_bits(eps_v),
+        rel_bits=f64_bits(rel),
     )
     nsplit, chunk = split_geometry(batch, vocab, BLOCK, dev, num_splits)
     consts = dict(BLOCK=BLOCK, LEVELS=LEVELS, NC=NC, num_warps=NUM_WARPS)
     if nsplit == 1:
-        at_finish_kernel[(batch,)](
-            x, out, temps, temps, temps, valid, temps, valid, x.stride(0), out.stride(0), vocab, 1, batch, 0,
-            **bits, max_iter=max_iter, NSPLIT_P2=1, FULL=True, OUT_BLOCK=OUT_BLOCK, **consts,
+        at_row_kernel[(batch,)](
+            x, out, temps, temps, valid, temps, valid, cnt, x.stride(0), out.stride(0), vocab, 1, batch, 0,
+            **bits, max_iter=max_iter, NSPLIT_P2=1, SF=SF, SI=SI, FULL=True, OUT_BLOCK=OUT_BLOCK, COUNT=count,
+            **consts,
         )
         return out, temps, valid.view(torch.bool)
 
-    part0 = k_entropy.row_partials(x, nsplit, chunk, BLOCK)
     p2 = next_pow2(nsplit)
-    h0 = torch.empty(batch, nsplit, dtype=torch.float32, device=dev)
-    s_part = torch.empty(batch, nsplit, NC, dtype=torch.float32, device=dev)
+    state_f = torch.empty(3, batch, SF, dtype=torch.float64, device=dev)
+    state_i = torch.empty(3, batch, SI, dtype=torch.int32, device=dev)
+    part = torch.empty(batch, nsplit, REC, dtype=torch.float32, device=dev)
     h_part = torch.empty(batch, nsplit, NC, dtype=torch.float32, device=dev)
-    state_f = torch.empty(2, batch, 4, dtype=torch.float64, device=dev)
-    state_i = torch.empty(2, batch, 4, dtype=torch.int32, device=dev)
     grid = (batch, nsplit)
-    at_h0_kernel[grid](
-        x, part0, h0, s_part, x.stride(0), vocab, chunk, nsplit, bits["tmin_bits"], bits["tmax_bits"],
-        NSPLIT_P2=p2, **consts,
+    at_stats_kernel[grid](
+        x, part, x.stride(0), vocab, chunk, nsplit, bits["tmin_bits"], bits["tmax_bits"], REC=REC, **consts
     )
     groups = max(1, min(triton.cdiv(max_iter, LEVELS), SPLIT_GROUPS))
-    common = (x, part0, h0, s_part, h_part, state_f, state_i, x.stride(0), vocab, chunk, nsplit, batch)
+    common = (x, part, h_part, state_f, state_i, x.stride(0), vocab, chunk, nsplit, batch)
     for g in range(groups):
-        if g > 0:
-            at_group_kernel[grid](*common, g, **bits, max_iter=max_iter, NSPLIT_P2=p2, PHASE_H=False, **consts)
-        at_group_kernel[grid](*common, g, **bits, max_iter=max_iter, NSPLIT_P2=p2, PHASE_H=True, **consts)
-    at_finish_kernel[(batch,)](
-        x, out, part0, h_part, state_f, state_i, temps, valid, x.stride(0), out.stride(0), vocab, nsplit, batch,
-        groups, **bits, max_iter=max_iter, NSPLIT_P2=p2, FULL=False, OUT_BLOCK=OUT_BLOCK, **consts,
+        for resolve in (False, True) if g + 1 < groups else (False,):
+            at_group_kernel[grid](
+                *common, g, **bits, max_iter=max_iter, NSPLIT_P2=p2, REC=REC, SF=SF, SI=SI, RESOLVE=resolve,
+                **consts,
+            )
+    at_row_kernel[(batch,)](
+        x, out, h_part, state_f, state_i, temps, valid, cnt, x.stride(0), out.stride(0), vocab, nsplit, batch,
+        groups, **bits, max_iter=max_iter, NSPLIT_P2=p2, SF=SF, SI=SI, FULL=False, OUT_BLOCK=OUT_BLOCK,
+        COUNT=count, **consts,
     )
     out_nsplit, out_chunk = split_geometry(batch, vocab, OUT_BLOCK, dev, nsplit)
     at_out_kernel[(batch, out_nsplit)](

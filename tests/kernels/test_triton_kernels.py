@@ -123,6 +123,27 @@ def check_adaptive(out, temps, valid, ref, logits):
     assert torch.equal(out.cpu().float().isnan(), ref_out.cpu().float().isnan())
 
 
+def reference_path(z, tmin, tmax, max_iter, tol, target_ratio, threshold):
+    """The reference's bisection on one row: (H_eps(T=1), [(midpoint, H_eps there), ...] in the order evaluated)."""
+    z = z.float()
+    h0 = reference._entropy_eps(z)
+    path = []
+    if h0 > threshold:
+        target = max(threshold, target_ratio * h0)
+        lo, hi = tmin, tmax
+        for _ in range(max_iter):
+            mid = (lo + hi) / 2
+            h = reference._entropy_eps(z / mid)
+            path.append((mid, h))
+            if abs(h - target) < tol:
+                break
+            if h < target:
+                lo = mid
+            else:
+                hi = mid
+    return h0, path
+
+
 def check_entropy(h, ref):
     assert h.dtype == torch.float32
     assert torch.equal(h.isnan().cpu(), ref.isnan().cpu())
@@ -251,6 +272,74 @@ class TestInterpreter:
         check_adaptive(out, temps, valid, reference.adaptive_temperature(z, *args), z)
         assert valid.tolist() == [False, False, False, True]
         assert torch.equal(out[:3].view(torch.int16), z[:3].view(torch.int16))
+
+    @pytest.mark.parametrize(
+        "args, splits",
+        [
+            ((0.01, 1.0, 100, 0.1, 0.85, 1e-5), 1),  # the scripts' parameters, one program per row
+            ((0.01, 1.0, 100, 0.1, 0.85, 1e-5), 3),  # the same split across programs
+            ((0.01, 1.0, 100, 3e-4, 0.6, 1e-5), 2),  # more than the 12 split levels: the per-row finisher's loop
+        ],
+    )
+    def test_adaptive_temperature_sweep_count(self, args, splits):
+        # Every decision of these rows is farther from its boundary than the brackets' width (checked on this
+        # deterministic data; with a tol this tight that is not a given: the path converges towards the target,
+        # and a decision within ~1e-4 nats of target or target +- tol costs its group an exact sweep), so the
+        # brackets decide all of them: ceil(L / 3) online sweeps for L bisection levels plus the output write; 2 for
+        # a T = 1 row (its first sweep is needed to know that) and for invalid rows. The previous version did
+        # 2 * ceil(L / 3) + 2.
+        from kernels._triton import k_adaptive_temperature
+
+        z = make_rows(6, 4096, "randn", torch.float32, seed=12)
+        z = z * torch.tensor([0.3, 0.7, 1.0, 2.0, 4.0, 8.0])[:, None]  # a spread of entropies and path lengths
+        z[0, 5] = float("nan")
+        counts = torch.zeros(6, dtype=torch.int32)
+        result = k_adaptive_temperature.adaptive_temperature(z, *args, splits, sweep_counts=counts)
+        check_adaptive(*result, reference.adaptive_temperature(z, *args), z)
+        levels = [len(reference_path(z[b], *args)[1]) if b else 0 for b in range(6)]
+        assert max(levels) >= (13 if args[3] < 0.1 else 4)  # several groups, and the finisher where intended
+        per_group = k_adaptive_temperature.LEVELS
+        assert counts.tolist() == [1 + -(-n // per_group) if n else 2 for n in levels], (counts, levels)
+
+    @pytest.mark.parametrize("case", ["threshold_above", "threshold_below", "tol_converges", "tol_misses",
+                                      "target_group2"])
+    @pytest.mark.parametrize("splits", [1, 2])
+    def test_adaptive_temperature_open_brackets(self, case, splits):
+        # Row 0 gets a decision whose H_eps lies `gap` from its boundary: inside the bracket of H_eps that the online
+        # sweep gives (1e-9 V plus the rounding margin), far outside fp32 rounding. The kernel cannot decide it
+        # from the bracket and must sweep row 0 again for exact entropies; the T must still be the reference's.
+        # threshold_*: H_eps(T=1) next to the threshold; tol_*: the first midpoint's H_eps next to target +- tol;
+        # target_group2: the 4th midpoint's H_eps next to the target, so the target itself (a bracket until then)
+        # must become exact in the second group.
+        from kernels._triton import k_adaptive_temperature
+
+        vocab, gap = 2048, 2e-5
+        z = make_rows(3, vocab, "randn", torch.float32, seed=5)
+        z[1] *= 3.0
+        z[2] *= 0.5
+        h_eps = reference._entropy_eps
+        h0 = h_eps(z[0])
+        eps_width, rel = k_adaptive_temperature.bracket_params(vocab)
+        assert eps_width + gap < rel * (1 + h0) and gap > 20 * 2.0**-24 * (1 + h0)  # open, yet 20 ulps from rounding
+        args = (0.01, 1.0, 100, 0.1, 0.85, 1e-5)
+        if case.startswith("threshold"):
+            args = args[:5] + (h0 + (gap if case == "threshold_above" else -gap),)
+        elif case.startswith("tol"):
+            d = abs(h_eps(z[0] / 0.505) - 0.85 * h0)
+            args = (0.01, 1.0, 100, d + (gap if case == "tol_converges" else -gap), 0.85, 1e-5)
+        else:
+            lo, hi = 0.01, 1.0
+            for _ in range(4):  # the path towards T = 0.3: its 4th midpoint
+                mid = (lo + hi) / 2
+                lo, hi = (mid, hi) if mid < 0.3 else (lo, mid)
+            args = (0.01, 1.0, 9, 1e-6, (h_eps(z[0] / mid) + gap) / h0, 1e-5)
+        counts = torch.zeros(3, dtype=torch.int32)
+        result = k_adaptive_temperature.adaptive_temperature(z, *args, splits, sweep_counts=counts)
+        check_adaptive(*result, reference.adaptive_temperature(z, *args), z)
+        levels = [len(reference_path(z[b], *args)[1]) for b in range(3)]
+        typical = [1 + -(-n // k_adaptive_temperature.LEVELS) if n else 2 for n in levels]
+        assert counts[0] == typical[0] + 1, (counts, levels)  # exactly one extra (exact) sweep, on row 0 only
+        assert counts[1:].tolist() == typical[1:], (counts, levels)
 
     def test_empty_batch(self):
         z = torch.empty(0, 100)
