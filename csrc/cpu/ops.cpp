@@ -446,7 +446,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_temperature(const at::Te
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   namespace py = pybind11;
   m.doc() = "Fused CPU kernels of kernels.ops (entropy, EM-INF, adaptive temperature); see kernels/reference.py";
-  m.attr("simd_width") = emk::W;  // 16 with AVX-512, 1 for the portable scalar build
+  m.attr("simd_width") = emk::W;  // 16 with AVX-512, 8 with AVX2, 1 for the portable scalar build
   m.def("entropy", &emk::entropy, py::arg("logits"), py::call_guard<py::gil_scoped_release>(),
         "Entropy in nats per row of [B, V] logits -> [B] fp32 (NaN for invalid rows).");
   m.def("em_inf", &emk::em_inf, py::arg("logits"), py::arg("lr"), py::arg("steps"), py::arg("kl_weight"),

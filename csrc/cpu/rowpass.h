@@ -47,7 +47,7 @@ inline void shifted_sums(const typename S::T* x, int64_t n, float ref, float sca
                          const typename S::T* prefetch = nullptr) {
   const V vref = set1(ref), vscale = set1(scale), z0 = zero();
   V s = zero(), t = zero();
-  int64_t at_ref = 0;  // counted on the integer side, leaving the vector pipes to the exp
+  int64_t below_ref = 0;  // counted on the integer side, leaving the vector pipes to the exp
   vloop(n, [&](int64_t i, auto tag) {
     if (prefetch) __builtin_prefetch(prefetch + i, 0, 3);
     V d = sub(ld<S>(x + i, tag), vref);
@@ -58,10 +58,12 @@ inline void shifted_sums(const typename S::T* x, int64_t n, float ref, float sca
     const V e = vexp(d, keep);
     const M below = lt(d, z0);
     s = mask_add(s, below, s, e);
-    at_ref += popcount(mnot(below));
+    below_ref += popcount(below);
     t = mask_fmadd(e, d, t, keep);
   });
-  out.c = static_cast<double>(at_ref);
+  // The lanes the loop ran, tail lanes included (they read -inf: below), less those below: the ones at the
+  // reference (and NaN lanes, which flag the row anyway). Counting `below` spares the vector pipes a mask inversion.
+  out.c = static_cast<double>((n + W - 1) / W * W - below_ref);
   out.s = hsum(s);
   out.t = hsum(t);
 }
@@ -69,7 +71,7 @@ inline void shifted_sums(const typename S::T* x, int64_t n, float ref, float sca
 template <class S>
 inline bool has_nan(const typename S::T* x, int64_t n) {
   M nan{};
-  vloop(n, [&](int64_t i, auto tag) { nan = static_cast<M>(nan | isnan(ld<S>(x + i, tag))); });
+  vloop(n, [&](int64_t i, auto tag) { nan = mor(nan, isnan(ld<S>(x + i, tag))); });
   return any(nan);
 }
 

@@ -10,11 +10,21 @@ rows, so that each batch holds rows on both sides of the EM-INF threshold. Compa
   oracle has, plus a handful;
 - adaptive temperature: T bit-equal to the reference on every row whose bisection path keeps its entropies away
   from the decision boundaries (replayed in fp64), and then the output bit-equal too.
+
+Each kernel test runs twice (the `cpu` fixture): on the installed extension (-march=native: AVX-512 on the machines
+here) and on a copy of csrc/cpu JIT-built with AVX-512 turned off, which selects simd.h's AVX2 path (W = 8) that
+AVX2-only CPUs (AMD Zen 2/3, Intel client cores) get from their own -march=native build.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import platform
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -25,6 +35,77 @@ pytestmark = pytest.mark.skipif(not _cpu.available(), reason=f"kernels._C not bu
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 KINDS = ["typical", "masked", "near_uniform", "near_one_hot", "one_hot", "peaked"]
+
+CSRC = Path(__file__).resolve().parents[2] / "csrc" / "cpu"
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def _avx2_unsupported() -> str | None:
+    """Why this machine cannot run the AVX2 build, or None when it can."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"not an x86-64 CPU ({platform.machine()})"
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next(line for line in f if line.startswith("flags")).split(":", 1)[1].split()
+    except (OSError, StopIteration) as exc:
+        reason = f"cannot read the CPU flags from /proc/cpuinfo ({exc!r})"
+        if _in_ci():  # unknown is not absent: CI must not lose these tests to it
+            pytest.fail(reason)
+        return reason
+    missing = sorted({"avx2", "fma", "f16c"} - set(flags))
+    return f"the CPU lacks {', '.join(missing)}" if missing else None
+
+
+class _Ext:
+    """The ops of a compiled kernels extension, called as kernels._cpu calls kernels._C."""
+
+    def __init__(self, module: ModuleType) -> None:
+        self.module = module
+
+    def entropy(self, logits: torch.Tensor) -> torch.Tensor:
+        return self.module.entropy(logits.contiguous())
+
+    def em_inf(self, logits: torch.Tensor, *args) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.module.em_inf(logits.contiguous(), *args)
+
+    def adaptive_temperature(self, logits: torch.Tensor, *args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.module.adaptive_temperature(logits.contiguous(), *args)
+
+
+@pytest.fixture(scope="session")
+def avx2_ext(request, tmp_path_factory) -> _Ext:
+    """csrc/cpu built as setup.py builds it, with -mno-avx512f after -march=native: simd.h's AVX2 path. The build
+    directory lives in pytest's cache, so ninja recompiles (~1 min) only when csrc/cpu or the flags changed. A failed
+    build is an error, never a skip."""
+    reason = _avx2_unsupported()
+    if reason:
+        pytest.skip(f"AVX2 build of csrc/cpu not testable here: {reason}")
+    from torch.utils.cpp_extension import load
+
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
+    build_dir = cache.mkdir("csrc_cpu_avx2") if cache is not None else tmp_path_factory.mktemp("csrc_cpu_avx2")
+    with pytest.MonkeyPatch.context() as mp:
+        if shutil.which("ninja") is None:  # the dev extra's ninja, in an environment run without activating it
+            mp.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
+        module = load(
+            name="emk_avx2_C",
+            sources=[str(CSRC / "ops.cpp")],
+            extra_include_paths=[str(CSRC)],
+            extra_cflags=["-O3", "-fopenmp", "-ffp-contract=fast", "-march=native", "-mno-avx512f"],
+            extra_ldflags=["-fopenmp"],
+            build_directory=str(build_dir),
+        )
+    assert module.simd_width == 8, f"the AVX2 build selected W = {module.simd_width}, not simd.h's AVX2 path"
+    return _Ext(module)
+
+
+@pytest.fixture(scope="module", params=["native", "avx2"])
+def cpu(request):
+    """The backend under test: the installed extension, or the AVX2 build (built on first use)."""
+    return _cpu if request.param == "native" else request.getfixturevalue("avx2_ext")
 
 
 def make_rows(batch: int, vocab: int, dtype: torch.dtype = torch.float32, seed: int = 0) -> torch.Tensor:
@@ -83,10 +164,13 @@ def entropy64(x: torch.Tensor) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------ entropy
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("batch, vocab", [(1, 7), (3, 1000), (64, 1000), (3, 32000), (1, 151936), (8, 151936)])
-def test_entropy_matches_fp64_truth(batch, vocab, dtype):
+# 1001: a tail vector for every SIMD width (1000 and the larger vocabularies are multiples of 8)
+@pytest.mark.parametrize(
+    "batch, vocab", [(1, 7), (3, 1000), (3, 1001), (64, 1000), (3, 32000), (1, 151936), (8, 151936)]
+)
+def test_entropy_matches_fp64_truth(cpu, batch, vocab, dtype):
     x = make_rows(batch, vocab, dtype, seed=batch * 7 + vocab)
-    h = _cpu.entropy(x)
+    h = cpu.entropy(x)
     truth = entropy64(x)
     assert h.dtype == torch.float32 and h.shape == (batch,)
     assert torch.allclose(h.double(), truth, rtol=1e-5, atol=1e-7), (h, truth)
@@ -96,44 +180,44 @@ def test_entropy_matches_fp64_truth(batch, vocab, dtype):
             assert h[b] == 0.0
 
 
-def test_entropy_near_one_hot_keeps_the_tail():
+def test_entropy_near_one_hot_keeps_the_tail(cpu):
     # The tail mass (~1e-8 per row) is below fp32's resolution next to the max's 1.0: the kernel counts the entries
     # at the max exactly instead of adding them into the same fp32 sum.
     vocab = 151936
     x = torch.zeros(4, vocab)
     x[:, 0] = torch.tensor([20.0, 25.0, 30.0, 14.0]) + math.log(vocab)
     truth = entropy64(x)
-    h = _cpu.entropy(x)
+    h = cpu.entropy(x)
     assert torch.allclose(h.double(), truth, rtol=1e-5, atol=0), (h, truth)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_entropy_invalid_rows_are_nan_and_others_unaffected(dtype):
+def test_entropy_invalid_rows_are_nan_and_others_unaffected(cpu, dtype):
     x, bad = with_bad_rows(make_rows(6, 5000, dtype, seed=3))
-    h = _cpu.entropy(x)
+    h = cpu.entropy(x)
     good = [b for b in range(6) if b not in bad]
     assert torch.isnan(h[bad]).all()
-    assert torch.equal(h[good], _cpu.entropy(x[good]))
+    assert torch.equal(h[good], cpu.entropy(x[good]))
 
 
-def test_entropy_nan_hidden_in_a_fully_masked_block():
+def test_entropy_nan_hidden_in_a_fully_masked_block(cpu):
     # A 2048-wide block with nothing finite but a NaN: its max is -inf, the NaN must still flag the row.
     x = torch.randn(2, 5000)
     x[0, :2048] = float("-inf")
     x[0, 100] = float("nan")
-    h = _cpu.entropy(x)
+    h = cpu.entropy(x)
     assert torch.isnan(h[0]) and torch.isfinite(h[1])
-    _, valid = _cpu.em_inf(x, 0.1, 3, 0.05, 0.0)
+    _, valid = cpu.em_inf(x, 0.1, 3, 0.05, 0.0)
     assert valid.tolist() == [False, True]
 
 
-def test_empty_batch():
+def test_empty_batch(cpu):
     for dtype in DTYPES:
         x = torch.empty(0, 100, dtype=dtype)
-        assert _cpu.entropy(x).shape == (0,)
-        out, valid = _cpu.em_inf(x, 0.1, 3, 0.05, 0.3)
+        assert cpu.entropy(x).shape == (0,)
+        out, valid = cpu.em_inf(x, 0.1, 3, 0.05, 0.3)
         assert out.shape == (0, 100) and out.dtype == dtype and valid.shape == (0,) and valid.dtype == torch.bool
-        out, temps, valid = _cpu.adaptive_temperature(x, 0.01, 1.0, 100, 0.1, 0.85, 1e-5)
+        out, temps, valid = cpu.adaptive_temperature(x, 0.01, 1.0, 100, 0.1, 0.85, 1e-5)
         assert out.shape == (0, 100) and temps.shape == (0,) and valid.shape == (0,)
 
 
@@ -193,15 +277,15 @@ def _assert_em_inf_close(out: torch.Tensor, ref: torch.Tensor, exact: torch.Tens
         (1, 7, torch.float32, 3), (3, 7, torch.float32, 10), (64, 7, torch.float32, 3),
         (64, 7, torch.bfloat16, 3), (64, 7, torch.float16, 3),
         (3, 1000, torch.float32, 3), (64, 1000, torch.float32, 3), (3, 1000, torch.bfloat16, 10),
-        (3, 1000, torch.float16, 3),
+        (3, 1000, torch.float16, 3), (3, 1001, torch.bfloat16, 3),
         (1, 32000, torch.float32, 3), (3, 32000, torch.float32, 10), (3, 32000, torch.bfloat16, 3),
         (1, 151936, torch.float32, 3), (3, 151936, torch.float32, 3), (1, 151936, torch.bfloat16, 3),
         (1, 151936, torch.float16, 10),
     ],
 )
-def test_em_inf_matches_reference(batch, vocab, dtype, steps):
+def test_em_inf_matches_reference(cpu, batch, vocab, dtype, steps):
     x = make_rows(batch, vocab, dtype, seed=batch + vocab + steps)
-    out, valid = _cpu.em_inf(x, 0.1, steps, 0.05, 0.3)
+    out, valid = cpu.em_inf(x, 0.1, steps, 0.05, 0.3)
     ref, ref_valid = reference.em_inf(x, 0.1, steps, 0.05, 0.3)
     assert out.dtype == dtype and out.shape == x.shape
     assert torch.equal(valid, ref_valid) and bool(valid.all())
@@ -213,14 +297,14 @@ def test_em_inf_matches_reference(batch, vocab, dtype, steps):
 
 
 @pytest.mark.parametrize("kl_weight, lr", [(0.0, 0.1), (1.0, 0.05), (0.05, 0.5)])
-def test_em_inf_hyper_parameters(kl_weight, lr):
+def test_em_inf_hyper_parameters(cpu, kl_weight, lr):
     x = make_rows(6, 4000, seed=11)
-    out, _ = _cpu.em_inf(x, lr, 5, kl_weight, 0.0)
+    out, _ = cpu.em_inf(x, lr, 5, kl_weight, 0.0)
     ref, _ = reference.em_inf(x, lr, 5, kl_weight, 0.0)
     _assert_em_inf_close(out, ref, em_inf_fp64(x, lr, 5, kl_weight, 0.0), x, lr, 5, max_outliers=2)
 
 
-def test_em_inf_threshold_stops_between_steps():
+def test_em_inf_threshold_stops_between_steps(cpu):
     # A threshold between H before and after the first step: the reference makes exactly one step on that row.
     x = make_rows(6, 3000, seed=5)
     row = x[0:1]
@@ -229,31 +313,31 @@ def test_em_inf_threshold_stops_between_steps():
     h1 = float(entropy64(one))
     assert h1 < h0 - 0.01
     thr = (h0 + h1) / 2
-    out, _ = _cpu.em_inf(x, 0.1, 6, 0.05, thr)
+    out, _ = cpu.em_inf(x, 0.1, 6, 0.05, thr)
     ref, _ = reference.em_inf(x, 0.1, 6, 0.05, thr)
     _assert_em_inf_close(out, ref, em_inf_fp64(x, 0.1, 6, 0.05, thr), x, 0.1, 6, max_outliers=2)
     _assert_em_inf_close(out[0:1], one, em_inf_fp64(row, 0.1, 1, 0.05, 0.0), row, 0.1, 1, max_outliers=2)
-    full, _ = _cpu.em_inf(row, 0.1, 6, 0.05, 0.0)
+    full, _ = cpu.em_inf(row, 0.1, 6, 0.05, 0.0)
     assert float(entropy64(full)) < h1 - 0.01  # without the threshold it does go on
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_em_inf_invalid_rows_unchanged_and_others_correct(dtype):
+def test_em_inf_invalid_rows_unchanged_and_others_correct(cpu, dtype):
     x, bad = with_bad_rows(make_rows(7, 2500, dtype, seed=8))
-    out, valid = _cpu.em_inf(x, 0.1, 3, 0.05, 0.3)
+    out, valid = cpu.em_inf(x, 0.1, 3, 0.05, 0.3)
     assert valid.tolist() == [b not in bad for b in range(7)]
     for b in bad:
         assert torch.equal(bits(out[b]), bits(x[b]))
     good = [b for b in range(7) if b not in bad]
     ref, _ = reference.em_inf(x[good], 0.1, 3, 0.05, 0.3)
     _assert_em_inf_close(out[good], ref, em_inf_fp64(x[good], 0.1, 3, 0.05, 0.3), x[good], 0.1, 3, max_outliers=2)
-    alone, _ = _cpu.em_inf(x[good].contiguous(), 0.1, 3, 0.05, 0.3)
+    alone, _ = cpu.em_inf(x[good].contiguous(), 0.1, 3, 0.05, 0.3)
     assert torch.equal(bits(out[good]), bits(alone))
 
 
-def test_em_inf_zero_steps_is_identity():
+def test_em_inf_zero_steps_is_identity(cpu):
     x, bad = with_bad_rows(make_rows(6, 300, seed=2))
-    out, valid = _cpu.em_inf(x, 0.1, 0, 0.05, 0.0)
+    out, valid = cpu.em_inf(x, 0.1, 0, 0.05, 0.0)
     assert torch.equal(bits(out), bits(x)) and valid.tolist() == [b not in bad for b in range(6)]
 
 
@@ -294,14 +378,14 @@ def _replay_margin(z: torch.Tensor, tmin, tmax, max_iter, tol, ratio, threshold,
     "batch, vocab, dtype",
     [
         (1, 7, torch.float32), (64, 7, torch.float32), (3, 1000, torch.bfloat16), (64, 1000, torch.float32),
-        (64, 1000, torch.float16), (3, 32000, torch.float32), (1, 151936, torch.float32),
+        (64, 1000, torch.float16), (3, 1001, torch.float16), (3, 32000, torch.float32), (1, 151936, torch.float32),
         (3, 151936, torch.bfloat16), (8, 151936, torch.float16),
     ],
 )
-def test_adaptive_temperature_matches_reference(batch, vocab, dtype):
+def test_adaptive_temperature_matches_reference(cpu, batch, vocab, dtype):
     args = (0.01, 1.0, 100, 0.1, 0.85, 1e-5)
     x = make_rows(batch, vocab, dtype, seed=batch * 3 + vocab)
-    out, temps, valid = _cpu.adaptive_temperature(x, *args)
+    out, temps, valid = cpu.adaptive_temperature(x, *args)
     ref, ref_temps, ref_valid = reference.adaptive_temperature(x, *args)
     assert out.dtype == dtype and temps.dtype == torch.float32 and torch.equal(valid, ref_valid)
     mismatched = 0
@@ -325,9 +409,9 @@ def test_adaptive_temperature_matches_reference(batch, vocab, dtype):
         (0.01, 1.0, 0, 0.1, 0.85, 1e-5),  # max_iter 0: the loop never runs, T = 1
     ],
 )
-def test_adaptive_temperature_hyper_parameters(args):
+def test_adaptive_temperature_hyper_parameters(cpu, args):
     x = make_rows(12, 3000, seed=21)
-    out, temps, _ = _cpu.adaptive_temperature(x, *args)
+    out, temps, _ = cpu.adaptive_temperature(x, *args)
     ref, ref_temps, _ = reference.adaptive_temperature(x, *args)
     for b in range(12):
         if temps[b] != ref_temps[b]:
@@ -340,9 +424,9 @@ def test_adaptive_temperature_hyper_parameters(args):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_adaptive_temperature_invalid_rows(dtype):
+def test_adaptive_temperature_invalid_rows(cpu, dtype):
     x, bad = with_bad_rows(make_rows(6, 4000, dtype, seed=4))
-    out, temps, valid = _cpu.adaptive_temperature(x, 0.01, 1.0, 100, 0.1, 0.85, 1e-5)
+    out, temps, valid = cpu.adaptive_temperature(x, 0.01, 1.0, 100, 0.1, 0.85, 1e-5)
     assert valid.tolist() == [b not in bad for b in range(6)]
     for b in bad:
         assert torch.equal(bits(out[b]), bits(x[b])) and temps[b] == 1.0
@@ -353,7 +437,7 @@ def test_adaptive_temperature_invalid_rows(dtype):
 
 # ------------------------------------------------------------------------------------------------ determinism
 
-def test_results_do_not_depend_on_threads_or_batch():
+def test_results_do_not_depend_on_threads_or_batch(cpu):
     # Fixed vocabulary blocks merged in order: a row gives the same bits alone (blocks spread over threads),
     # inside a batch (one thread per row), and with one thread.
     x = make_rows(4, 70000, seed=9)
@@ -365,9 +449,9 @@ def test_results_do_not_depend_on_threads_or_batch():
             for rows in (x, x[1:2].contiguous()):
                 runs.append(
                     (
-                        _cpu.entropy(rows),
-                        _cpu.em_inf(rows, 0.1, 3, 0.05, 0.0)[0],
-                        _cpu.adaptive_temperature(rows, 0.01, 1.0, 100, 0.01, 0.85, 1e-5)[:2],
+                        cpu.entropy(rows),
+                        cpu.em_inf(rows, 0.1, 3, 0.05, 0.0)[0],
+                        cpu.adaptive_temperature(rows, 0.01, 1.0, 100, 0.01, 0.85, 1e-5)[:2],
                     )
                 )
     finally:
