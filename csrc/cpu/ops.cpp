@@ -189,7 +189,9 @@ struct EmInfTask {
 // target - tol, target and target + tol. One pass gives the exact-form entropy H of z / T, and
 // H - 1e-9 * V <= H_eps <= H (since 0 <= p log(1 + eps / p) <= eps). When that bracket, widened by our rounding,
 // holds none of the three boundaries the outcome is known; otherwise (rarely) a second pass computes H_eps itself.
-// H(T=1) always gets the exact H_eps, since the target is a function of its value.
+// H(T=1) is bracketed the same way: the stats sweep already gives its exact-form H, so the threshold test and the
+// target (an interval until then) need H_eps(1) itself only when a decision falls inside that interval's reach;
+// then one eps sweep at T = 1 makes the target exact and the pending decision is taken again.
 struct AdaptiveParams {
   double tmin, tmax;
   int64_t max_iter;
@@ -209,6 +211,11 @@ struct AdaptiveTask {
   float inv_t = 1.0f;    // 1 / midpoint, for the entropy passes
   float inv_sum = 1.0f;  // 1 / sum exp((z - zmax) / T) of the current midpoint, for the exact H_eps pass
   double target = 0.0, lo = 0.0, hi = 0.0, mid = 1.0, t_result = 1.0;
+  double target_hi = 0.0;   // target lies in [target, target_hi] until H_eps(1) is known exactly
+  bool target_exact = false;
+  double sum1 = 1.0;        // sum exp(z - zmax): the T = 1 normaliser, for an eps sweep at T = 1
+  bool pending = false;     // an eps sweep at T = 1 was started for a midpoint's decision, whose sums are kept:
+  double pending_h = 0.0, pending_total = 0.0;
   int64_t iter = 0;
 
   bool done() const { return phase == kDone; }
@@ -278,6 +285,47 @@ struct AdaptiveTask {
     }
   }
 
+  // [lo, hi] holding the H_eps that the reference computes where our exact-form entropy is h. Our rounding (fp32
+  // lane sums, ~1-ulp exp) is far below this margin.
+  void bracket(double h, double& lo_b, double& hi_b) const {
+    const double err = 2e-5 * (1.0 + std::abs(h));
+    lo_b = h - 1e-9 * static_cast<double>(io.n) - err;
+    hi_b = h + err;
+  }
+
+  void eps_sweep_at_one(bool for_pending) {
+    pending = for_pending;
+    inv_t = 1.0f;
+    inv_sum = static_cast<float>(1.0 / sum1);
+    phase = kEps0;
+  }
+
+  void start_bisection() {
+    lo = prm.tmin;
+    hi = prm.tmax;
+    iter = 0;
+    start_midpoint();
+  }
+
+  // The midpoint's outcome from its exact-form entropy h when the brackets of H_eps and of the target settle every
+  // comparison (then any point of them decides alike: h and the target's low end); otherwise first the exact
+  // target, then the exact H_eps (the normaliser `total` is that of z / mid).
+  void judge(double h, double total) {
+    double lo_b, hi_b;
+    bracket(h, lo_b, hi_b);
+    bool ambiguous = false;
+    for (double shift : {-prm.tol, 0.0, prm.tol})
+      ambiguous = ambiguous || (lo_b <= target_hi + shift && target + shift <= hi_b);
+    if (!ambiguous) return decide(h);
+    if (!target_exact) {
+      pending_h = h;
+      pending_total = total;
+      return eps_sweep_at_one(true);
+    }
+    inv_sum = static_cast<float>(1.0 / total);
+    phase = kExact;
+  }
+
   // One reference iteration's outcome from its entropy h (already rounded to fp32 as the reference's is).
   void decide(double h) {
     ++iter;
@@ -299,34 +347,30 @@ struct AdaptiveTask {
           return;
         }
         zmax = r.max;
-        inv_t = 1.0f;
-        inv_sum = static_cast<float>(1.0 / r.sum);
-        phase = kEps0;
-        return;
+        sum1 = r.sum;
+        if (prm.max_iter == 0) return finish(1.0);
+        double h0_lo, h0_hi;
+        bracket(r.h, h0_lo, h0_hi);
+        if (h0_hi <= prm.threshold) return finish(1.0);  // !(H_eps(1) > threshold) for sure
+        if (!(h0_lo > prm.threshold)) return eps_sweep_at_one(false);  // the threshold test needs H_eps(1)
+        target = std::max(prm.threshold, prm.target_ratio * h0_lo);
+        target_hi = std::max(prm.threshold, prm.target_ratio * h0_hi);
+        target_exact = false;
+        return start_bisection();
       }
       case kEps0: {
         const double h0 = static_cast<float>(-sum_s());
-        if (!(h0 > prm.threshold) || prm.max_iter == 0) return finish(1.0);
-        target = std::max(prm.threshold, prm.target_ratio * h0);
-        lo = prm.tmin;
-        hi = prm.tmax;
-        iter = 0;
-        start_midpoint();
-        return;
+        if (!pending && !(h0 > prm.threshold)) return finish(1.0);
+        target = target_hi = std::max(prm.threshold, prm.target_ratio * h0);
+        target_exact = true;
+        if (!pending) return start_bisection();
+        pending = false;
+        inv_t = static_cast<float>(1.0 / mid);
+        return judge(pending_h, pending_total);
       }
       case kBracket: {
         const double c = sum_c(), s = sum_s();
-        const double h = entropy_of(c, s, sum_t());  // exact-form entropy of z / mid
-        // Our rounding (fp32 lane sums, ~1-ulp exp) is far below this margin.
-        const double err = 2e-5 * (1.0 + std::abs(h));
-        const double lo_b = h - 1e-9 * static_cast<double>(io.n) - err, hi_b = h + err;
-        const double bounds[3] = {target - prm.tol, target, target + prm.tol};
-        bool ambiguous = false;
-        for (double bd : bounds) ambiguous = ambiguous || (lo_b <= bd && bd <= hi_b);
-        if (!ambiguous) return decide(h);
-        inv_sum = static_cast<float>(1.0 / (c + s));
-        phase = kExact;
-        return;
+        return judge(entropy_of(c, s, sum_t()), c + s);  // exact-form entropy of z / mid, and its normaliser
       }
       case kExact: return decide(static_cast<float>(-sum_s()));
       case kOutput: phase = kDone; return;
