@@ -32,6 +32,27 @@ def measure(fn: Callable[[], object], device: torch.device, *, warmup: int = 1, 
     return min(times) if best else statistics.median(times)
 
 
+def measure_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, *, warmup: int = 1,
+                        min_seconds: float = 0.5, max_rounds: int = 20, min_rounds: int = 3) -> dict[str, float]:
+    """Fastest wall seconds of each fn, the fns called in turns (one round calls each once; at least min_rounds,
+    until min_seconds or max_rounds). Speed-ups between them are then not skewed by which one ran while a shared
+    machine was busy, and the fastest run is the measure comparable with the bandwidth probe's."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    synchronize(device)
+    best = {name: float("inf") for name in fns}
+    rounds, start = 0, time.perf_counter()
+    while rounds < min_rounds or (time.perf_counter() - start < min_seconds and rounds < max_rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            synchronize(device)
+            best[name] = min(best[name], time.perf_counter() - t0)
+        rounds += 1
+    return best
+
+
 def memory_bandwidth(device: torch.device, nbytes: int = 256 << 20) -> dict[str, float]:
     """The machine's memory bandwidth in GB/s as this run sees it: a plain read (sum) and a plain copy.
 
