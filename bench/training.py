@@ -10,34 +10,22 @@ the full V and D, and every target entry says at which N it was measured.
 
 CUDA: three variants per shape and dtype: "fused" (the Triton path, backend="triton"), "chunked_torch" (the same
 chunking with torch elementwise ops per chunk, backend="torch": the Liger-Kernel-style baseline) and "unfused".
-Each runs once at full size first (Triton compiles one kernel per constexpr variant, cuBLAS picks its algorithms),
-then peak memory (torch.cuda.max_memory_allocated above the level before the call) from one run and time as the
-median of several (bench.timing.measure).
+The same trainers.bench_ops runner: each variant runs once at full size first (Triton compiles one kernel per
+constexpr variant, cuBLAS picks its algorithms), then 5 interleaved runs each: the fastest time, the highest peak
+(torch.cuda.max_memory_allocated above the level before the call).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from tqdm import tqdm
 
-from bench.timing import measure
 from kernels.fused_linear import fused_linear_entropy
-from trainers.bench_ops import _UNFUSED_COPIES, _available_bytes, _PeakMeter, _unfused, run_fused_linear_benchmark
+from trainers.bench_ops import run_fused_linear_benchmark, unfused_fits
 
 FULL_SHAPE = (8192, 151936, 896)  # (N tokens, V Qwen2.5 vocabulary, D Qwen2.5-0.5B hidden size)
 QUICK_SHAPE = (256, 32000, 896)  # a smoke run: seconds on 2 cores
 MIN_RATIO_N = 2048  # the smallest N at which a stand-in ratio for the N=8192 target is still worth quoting
-
-
-def _free_bytes(device: torch.device) -> int:
-    return torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else _available_bytes()
-
-
-def _unfused_fits(n: int, v: int, device: torch.device) -> bool:
-    # the same estimate trainers.bench_ops uses to refuse an unfused run (measured on CPU: the peak is ~5 copies)
-    return _UNFUSED_COPIES * n * v * 4 <= 0.9 * _free_bytes(device)
 
 
 def ratio_n(device: torch.device, shape: tuple[int, int, int] = FULL_SHAPE) -> int | None:
@@ -45,10 +33,10 @@ def ratio_n(device: torch.device, shape: tuple[int, int, int] = FULL_SHAPE) -> i
     [MIN_RATIO_N, shape N) whose unfused fwd+bwd fits in the free memory (MIN_RATIO_N if none does, which then
     reports the unfused side as skipped); None when the unfused run fits at the full N itself."""
     n_full, v, _ = shape
-    if _unfused_fits(n_full, v, device):
+    if unfused_fits(n_full, v, device):
         return None
     n = MIN_RATIO_N
-    while 2 * n < n_full and _unfused_fits(2 * n, v, device):
+    while 2 * n < n_full and unfused_fits(2 * n, v, device):
         n *= 2
     return n
 
@@ -66,7 +54,10 @@ def run(device: torch.device, quick: bool = False, model: str | None = None, pro
     for (n, v, d), dtype in tqdm([(s, dt) for s in shapes for dt in dtypes], desc="training ops",
                                  disable=not progress):
         if device.type == "cuda":
-            row = _cuda_row(n, v, d, device, dtype)
+            row = run_fused_linear_benchmark(
+                n, v, d, device, dtype, repeats=3 if quick else 5,
+                fused=lambda h, w, y, t: fused_linear_entropy(h, w, y, t, backend="triton"),
+                baselines={"chunked_torch": lambda h, w, y, t: fused_linear_entropy(h, w, y, t, backend="torch")})
         else:
             # Repeats where the unfused side runs: 3 of the small shape (seconds), 2 of the ratio row (a minute).
             repeats = 1 if quick or n == FULL_SHAPE[0] else (3 if n == QUICK_SHAPE[0] else 2)
@@ -76,62 +67,6 @@ def run(device: torch.device, quick: bool = False, model: str | None = None, pro
     if device.type == "cuda":
         section["vs_chunked_torch"] = _vs_chunked(rows)
     return section
-
-
-def _inputs(n: int, v: int, d: int, device: torch.device, dtype: torch.dtype, seed: int = 0):
-    # the same inputs as trainers.bench_ops.run_fused_linear_benchmark, so CPU and CUDA rows are comparable
-    gen = torch.Generator(device="cpu").manual_seed(seed)
-    hidden = (torch.randn(n, d, generator=gen) * 0.5).to(device=device, dtype=dtype)
-    weight = (torch.randn(v, d, generator=gen) * d**-0.5).to(device=device, dtype=dtype)
-    targets = torch.randint(0, v, (n,), generator=gen).to(device)
-    return hidden, weight, targets
-
-
-def _cuda_row(n: int, v: int, d: int, device: torch.device, dtype: torch.dtype, temperature: float = 1.0) -> dict:
-    hidden, weight, targets = _inputs(n, v, d, device, dtype)
-    row: dict = {"N": n, "V": v, "D": d, "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-                 "temperature": temperature, "device_name": torch.cuda.get_device_name(device),
-                 "tf32_matmul": torch.backends.cuda.matmul.allow_tf32}
-    variants: dict[str, Callable] = {
-        "fused": lambda h, w, y, t: fused_linear_entropy(h, w, y, t, backend="triton"),
-        "chunked_torch": lambda h, w, y, t: fused_linear_entropy(h, w, y, t, backend="torch"),
-        "unfused": _unfused,
-    }
-    grads: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for name, op in variants.items():
-        if name == "unfused" and not _unfused_fits(n, v, device):
-            free = _free_bytes(device)
-            row[name] = {"skipped": f"needs about {_UNFUSED_COPIES * n * v * 4 / 2**30:.1f} GiB, "
-                                    f"{free / 2**30:.1f} GiB free"}
-            continue
-
-        def fn(name: str = name, op: Callable = op) -> None:
-            h = hidden.detach().requires_grad_()
-            w = weight.detach().requires_grad_()
-            ent, lp = op(h, w, targets, temperature)
-            (ent.mean() + lp.mean()).backward()
-            grads[name] = (h.grad, w.grad)
-
-        fn()
-        meter = _PeakMeter(device)
-        meter.start()
-        fn()
-        peak = meter.peak()
-        seconds = measure(fn, device, warmup=0, min_iters=3, min_seconds=1.0, max_iters=20)
-        row[name] = {"seconds": seconds, "peak_bytes": peak}
-    gf = grads["fused"]
-    for name in ("unfused", "chunked_torch"):
-        if name not in grads:
-            continue
-        key = "time_ratio" if name == "unfused" else "time_ratio_vs_chunked_torch"
-        row[key] = row["fused"]["seconds"] / row[name]["seconds"]
-        row[key.replace("time", "memory")] = row["fused"]["peak_bytes"] / max(row[name]["peak_bytes"], 1)
-        gu = grads[name]
-        row["max_abs_grad_diff" + ("" if name == "unfused" else "_vs_chunked_torch")] = {
-            "hidden": float((gf[0].float() - gu[0].float()).abs().max()),
-            "weight": float((gf[1].float() - gu[1].float()).abs().max()),
-        }
-    return row
 
 
 def _targets(rows: list[dict], device: torch.device) -> list[dict]:

@@ -82,6 +82,19 @@ def _measure(fn: Callable[[], None], device: torch.device) -> tuple[float, int]:
     return seconds, meter.peak()
 
 
+def _free_bytes(device: torch.device) -> int:
+    return torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else _available_bytes()
+
+
+def unfused_needs_bytes(N: int, V: int) -> int:
+    """Estimated peak bytes of the unfused fwd+bwd (measured on CPU: the peak is ~5 [N, V] fp32 copies)."""
+    return _UNFUSED_COPIES * N * V * 4
+
+
+def unfused_fits(N: int, V: int, device: str | torch.device) -> bool:
+    return unfused_needs_bytes(N, V) <= 0.9 * _free_bytes(torch.device(device))
+
+
 def run_fused_linear_benchmark(
     N: int,
     V: int,
@@ -93,6 +106,8 @@ def run_fused_linear_benchmark(
     run_unfused: bool = True,
     seed: int = 0,
     repeats: int = 1,
+    fused: Callable = fused_linear_entropy,
+    baselines: dict[str, Callable] | None = None,
 ) -> dict:
     """Time and peak memory of one fwd+bwd of the fused op and of unfused torch, measured in this run.
 
@@ -101,9 +116,16 @@ def run_fused_linear_benchmark(
     fit in the free memory or run_unfused is False), the ratios ``time_ratio`` (fused / unfused) and
     ``memory_ratio`` (fused peak / unfused peak), and the largest gradient difference between the two. ``repeats``
     interleaved runs of each: the fastest time and the highest peak are reported, every time in ``runs_seconds``.
+    ``fused``: the op timed as "fused" (hidden, weight, targets, temperature) -> (entropy, logprob). ``baselines``:
+    further variants timed alongside, each under its own name with ``time_ratio_vs_<name>``,
+    ``memory_ratio_vs_<name>`` and ``max_abs_grad_diff_vs_<name>`` (fused against it).
     """
     if not isinstance(repeats, int) or isinstance(repeats, bool) or repeats < 1:
         raise ValueError(f"repeats must be an integer >= 1, got {repeats!r}")
+    baselines = dict(baselines or {})
+    reserved = {"fused", "unfused"} & set(baselines)
+    if reserved:
+        raise ValueError(f"baselines must not be named {sorted(reserved)}")
     device = torch.device(device)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     hidden = (torch.randn(N, D, generator=gen) * 0.5).to(device=device, dtype=dtype)
@@ -113,6 +135,16 @@ def run_fused_linear_benchmark(
                     "temperature": temperature, "threads": torch.get_num_threads()}
     if device.type == "cuda":
         result["device_name"] = torch.cuda.get_device_name(device)
+        result["tf32_matmul"] = torch.backends.cuda.matmul.allow_tf32
+
+    ops: dict[str, Callable] = {"fused": fused, **baselines}
+    if not run_unfused:
+        result["unfused"] = {"skipped": "run_unfused=False"}
+    elif not unfused_fits(N, V, device):
+        result["unfused"] = {"skipped": f"needs about {unfused_needs_bytes(N, V) / 2**30:.1f} GiB, "
+                                        f"{_free_bytes(device) / 2**30:.1f} GiB free"}
+    else:
+        ops["unfused"] = _unfused
 
     grads: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
@@ -126,23 +158,21 @@ def run_fused_linear_benchmark(
 
         return fn
 
-    # Warm-up at a small size so one-time costs (thread pools, kernel selection) stay out of both timings.
-    h_small, w_small = hidden[: min(N, 64)].detach().requires_grad_(), weight[: min(V, 4096)].detach().requires_grad_()
-    for op in (fused_linear_entropy, _unfused):
-        e, lp = op(h_small, w_small, targets[: h_small.shape[0]] % w_small.shape[0], temperature)
-        (e.mean() + lp.mean()).backward()
-    del h_small, w_small, e, lp
+    variants = {name: make(name, op) for name, op in ops.items()}
+    # Warm-up so one-time costs stay out of the timings: thread pools and kernel selection at a small size on CPU;
+    # on CUDA one full-size run each (Triton compiles per shape-dependent constexpr, cuBLAS picks its algorithms).
+    if device.type == "cuda":
+        for fn in variants.values():
+            fn()
+    else:
+        h_small = hidden[: min(N, 64)].detach().requires_grad_()
+        w_small = weight[: min(V, 4096)].detach().requires_grad_()
+        for op in ops.values():
+            e, lp = op(h_small, w_small, targets[: h_small.shape[0]] % w_small.shape[0], temperature)
+            (e.mean() + lp.mean()).backward()
+        del h_small, w_small, e, lp
 
-    need = _UNFUSED_COPIES * N * V * 4
-    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else _available_bytes()
-    if not run_unfused:
-        result["unfused"] = {"skipped": "run_unfused=False"}
-    elif need > 0.9 * free:
-        result["unfused"] = {"skipped": f"needs about {need / 2**30:.1f} GiB, {free / 2**30:.1f} GiB free"}
-    variants = {"fused": make("fused", fused_linear_entropy)}
-    if "unfused" not in result:
-        variants["unfused"] = make("unfused", _unfused)
-    # Interleaved repeats, fastest run kept: a shared machine's slow spells then hit both sides alike.
+    # Interleaved repeats, fastest run kept: a shared machine's slow spells then hit every variant alike.
     runs: dict[str, list[tuple[float, int]]] = {name: [] for name in variants}
     for _ in range(repeats):
         for name, fn in variants.items():
@@ -150,11 +180,15 @@ def run_fused_linear_benchmark(
     for name, measured in runs.items():
         result[name] = {"seconds": min(t for t, _ in measured), "peak_bytes": max(p for _, p in measured),
                         "runs_seconds": [t for t, _ in measured]}
-    if "unfused" in variants:
-        result["time_ratio"] = result["fused"]["seconds"] / result["unfused"]["seconds"]
-        result["memory_ratio"] = result["fused"]["peak_bytes"] / max(result["unfused"]["peak_bytes"], 1)
-        gf, gu = grads["fused"], grads["unfused"]
-        result["max_abs_grad_diff"] = {
+    gf = grads["fused"]
+    for name in variants:
+        if name == "fused":
+            continue
+        suffix = "" if name == "unfused" else f"_vs_{name}"
+        result["time_ratio" + suffix] = result["fused"]["seconds"] / result[name]["seconds"]
+        result["memory_ratio" + suffix] = result["fused"]["peak_bytes"] / max(result[name]["peak_bytes"], 1)
+        gu = grads[name]
+        result["max_abs_grad_diff" + suffix] = {
             "hidden": float((gf[0].float() - gu[0].float()).abs().max()),
             "weight": float((gf[1].float() - gu[1].float()).abs().max()),
         }

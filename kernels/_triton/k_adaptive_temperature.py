@@ -263,6 +263,25 @@ def _load_state(sf, si):
 
 
 @triton.jit
+def _resolve(pf, pi, hc_row, NSPLIT, lo, hi, t, it, done, tg_lo, tg_hi, first, tol, thr, ratio, max_iter,
+             NSPLIT_P2: tl.constexpr, LEVELS: tl.constexpr, NC: tl.constexpr):
+    """The state after a split group: the bracket decision stored at (pf, pi), or for a row left open there the
+    exact decision from the group's start state (lo ... tg_hi) and the exact H_eps partials at hc_row [NSPLIT, NC].
+    Also returns the sweep count stored with the bracket decision."""
+    p_lo, p_hi, p_t, p_tgl, p_tgh, p_it, p_done, _, p_cnt, p_open = _load_state(pf, pi)
+    tc, _ = _lane_temps(lo, hi, LEVELS, NC)
+    splits = tl.arange(0, NSPLIT_P2)
+    acc = tl.sum(tl.load(hc_row + splits[:, None] * NC + tl.arange(0, NC)[None, :],
+                         mask=(splits < NSPLIT)[:, None], other=0.0), axis=0)
+    he = (-acc).to(tl.float64)
+    e_lo, e_hi, e_t, e_it, e_done, e_tgl, e_tgh, _ = _decide(
+        lo, hi, t, it, done, tg_lo, tg_hi, first, True, he, he, tc, tol, thr, ratio, max_iter, LEVELS, NC)
+    o = p_open != 0
+    return (tl.where(o, e_lo, p_lo), tl.where(o, e_hi, p_hi), tl.where(o, e_t, p_t), tl.where(o, e_it, p_it),
+            tl.where(o, e_done, p_done), tl.where(o, e_tgl, p_tgl), tl.where(o, e_tgh, p_tgh), p_cnt)
+
+
+@triton.jit
 def _store_state(sf, si, lo, hi, t, tg_lo, tg_hi, it, done, valid, cnt, open_, ok):
     okv = ok != 0
     tl.store(sf + 0, lo, mask=okv)
@@ -344,26 +363,13 @@ def at_group_kernel(x_ptr, part_ptr, hc_ptr, sf_ptr, si_ptr, stride_x, V, CHUNK,
     thr = f64_arg(thr_bits)
     ratio = f64_arg(ratio_bits)
     lanes = tl.arange(0, NC)
-    splits = tl.arange(0, NSPLIT_P2)
     sf, si = _state_ptrs(sf_ptr, si_ptr, gi % 2, b, B, SF, SI)
     lo, hi, t, tg_lo, tg_hi, it, done, valid, cnt, _ = _load_state(sf, si)
     pf, pi = _state_ptrs(sf_ptr, si_ptr, 2, b, B, SF, SI)
     if RESOLVE:
-        p_lo, p_hi, p_t, p_tgl, p_tgh, p_it, p_done, _, p_cnt, p_open = _load_state(pf, pi)
-        tc, _ = _lane_temps(lo, hi, LEVELS, NC)
-        acc = tl.sum(tl.load(hc_ptr + (b * NSPLIT + splits[:, None]) * NC + lanes[None, :],
-                             mask=(splits < NSPLIT)[:, None], other=0.0), axis=0)
-        he = (-acc).to(tl.float64)
-        e_lo, e_hi, e_t, e_it, e_done, e_tgl, e_tgh, _ = _decide(
-            lo, hi, t, it, done, tg_lo, tg_hi, first, True, he, he, tc, tol, thr, ratio, max_iter, LEVELS, NC)
-        o = p_open != 0
-        lo = tl.where(o, e_lo, p_lo)
-        hi = tl.where(o, e_hi, p_hi)
-        t = tl.where(o, e_t, p_t)
-        it = tl.where(o, e_it, p_it)
-        done = tl.where(o, e_done, p_done)
-        tg_lo = tl.where(o, e_tgl, p_tgl)
-        tg_hi = tl.where(o, e_tgh, p_tgh)
+        lo, hi, t, it, done, tg_lo, tg_hi, p_cnt = _resolve(
+            pf, pi, hc_ptr + b * NSPLIT * NC, NSPLIT, lo, hi, t, it, done, tg_lo, tg_hi, first, tol, thr, ratio,
+            max_iter, NSPLIT_P2, LEVELS, NC)
         cnt = p_cnt + (done == 0).to(tl.int32)
         sf, si = _state_ptrs(sf_ptr, si_ptr, (gi + 1) % 2, b, B, SF, SI)
         _store_state(sf, si, lo, hi, t, tg_lo, tg_hi, it, done, valid, cnt, 0, k == 0)
@@ -433,22 +439,9 @@ def at_row_kernel(x_ptr, out_ptr, hc_ptr, sf_ptr, si_ptr, temps_ptr, valid_ptr, 
         sf, si = _state_ptrs(sf_ptr, si_ptr, gi % 2, b, B, SF, SI)
         lo, hi, t, tg_lo, tg_hi, it, done, valid, _, _ = _load_state(sf, si)
         pf, pi = _state_ptrs(sf_ptr, si_ptr, 2, b, B, SF, SI)
-        p_lo, p_hi, p_t, p_tgl, p_tgh, p_it, p_done, _, cnt, p_open = _load_state(pf, pi)
-        tc, _ = _lane_temps(lo, hi, LEVELS, NC)
-        splits = tl.arange(0, NSPLIT_P2)
-        acc = tl.sum(tl.load(hc_ptr + (b * NSPLIT + splits[:, None]) * NC + tl.arange(0, NC)[None, :],
-                             mask=(splits < NSPLIT)[:, None], other=0.0), axis=0)
-        he = (-acc).to(tl.float64)
-        e_lo, e_hi, e_t, e_it, e_done, e_tgl, e_tgh, _ = _decide(
-            lo, hi, t, it, done, tg_lo, tg_hi, gi == 0, True, he, he, tc, tol, thr, ratio, max_iter, LEVELS, NC)
-        o = p_open != 0
-        lo = tl.where(o, e_lo, p_lo)
-        hi = tl.where(o, e_hi, p_hi)
-        t = tl.where(o, e_t, p_t)
-        it = tl.where(o, e_it, p_it)
-        done = tl.where(o, e_done, p_done)
-        tg_lo = tl.where(o, e_tgl, p_tgl)
-        tg_hi = tl.where(o, e_tgh, p_tgh)
+        lo, hi, t, it, done, tg_lo, tg_hi, cnt = _resolve(
+            pf, pi, hc_ptr + b * NSPLIT * NC, NSPLIT, lo, hi, t, it, done, tg_lo, tg_hi, gi == 0, tol, thr, ratio,
+            max_iter, NSPLIT_P2, LEVELS, NC)
         valid = valid != 0
     while done == 0:
         tc, t32 = _lane_temps(lo, hi, LEVELS, NC)

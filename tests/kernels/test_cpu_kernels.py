@@ -424,36 +424,23 @@ def test_adaptive_temperature_hyper_parameters(cpu, args):
 
 
 @pytest.mark.parametrize("case", ["threshold_above", "threshold_below", "tol_converges", "tol_misses",
-                                  "target_later"])
-def test_adaptive_temperature_decisions_inside_the_brackets(cpu, case):
-    # Row 0 gets a decision whose H_eps lies `gap` from its boundary: inside the bracket that the exact-form entropy
-    # gives (1e-9 V plus the rounding margin), yet ~70 fp32 ulps away, so the reference's outcome is clear; on the
-    # "above" side the eps-free entropy (H_eps + ~1e-9 V) lies across the boundary, so dropping the eps fails. The
-    # kernel cannot settle it from brackets and must take an exact eps sweep (at T = 1 for the threshold and the
-    # target, at the midpoint for its H_eps); T must still be the reference's, and the other rows unaffected.
-    # threshold_*: H_eps(1) next to the threshold; tol_*: the first midpoint's H_eps next to target -+ tol while
-    # the target is still an interval; target_later: the 4th midpoint's H_eps next to the target itself.
+                                  "target_4th_midpoint"])
+def test_adaptive_temperature_decisions_inside_the_brackets(cpu, case, near_boundary_args):
+    # Row 0 gets a decision whose H_eps lies `gap` from its boundary (see tests/kernels/conftest.py): inside the
+    # bracket that the exact-form entropy gives (1e-9 V plus the rounding margin), yet ~70 fp32 ulps away, so the
+    # reference's outcome is clear; on the "above" side the eps-free entropy (H_eps + ~1e-9 V) lies across the
+    # boundary, so dropping the eps fails. The kernel cannot settle it from brackets and must take an exact eps
+    # sweep (at T = 1 for the threshold and the target, at the midpoint for its H_eps); T must still be the
+    # reference's, and the other rows unaffected.
     vocab, gap = 151936, 7e-5
     z = torch.randn(3, vocab, generator=torch.Generator().manual_seed(5))
     z[1] *= 3.0
     z[2] *= 0.5
-    h_eps = reference._entropy_eps
-    h0 = h_eps(z[0])
+    h0 = reference._entropy_eps(z[0])
     assert gap < 2e-5 * (1 + h0) and gap > 70 * 2.0**-24 * (1 + h0)  # inside our bracket, far from rounding
     p = torch.softmax(z[0].double(), -1)
     assert float(-(p * p.log()).sum()) - h0 > 1.5 * gap  # the eps-free entropy is across an "above" boundary
-    args = (0.01, 1.0, 100, 0.1, 0.85, 1e-5)
-    if case.startswith("threshold"):
-        args = args[:5] + (h0 + (gap if case == "threshold_above" else -gap),)
-    elif case.startswith("tol"):
-        d = abs(h_eps(z[0] / 0.505) - 0.85 * h0)
-        args = (0.01, 1.0, 100, d + (gap if case == "tol_converges" else -gap), 0.85, 1e-5)
-    else:
-        lo, hi = 0.01, 1.0
-        for _ in range(4):  # the path towards T = 0.3: its 4th midpoint
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if mid < 0.3 else (lo, mid)
-        args = (0.01, 1.0, 9, 1e-6, (h_eps(z[0] / mid) + gap) / h0, 1e-5)
+    args = near_boundary_args(z[0], case, gap)
     out, temps, valid = cpu.adaptive_temperature(z, *args)
     ref, ref_temps, ref_valid = reference.adaptive_temperature(z, *args)
     assert torch.equal(temps, ref_temps) and torch.equal(valid, ref_valid)

@@ -302,37 +302,25 @@ class TestInterpreter:
         assert counts.tolist() == [1 + -(-n // per_group) if n else 2 for n in levels], (counts, levels)
 
     @pytest.mark.parametrize("case", ["threshold_above", "threshold_below", "tol_converges", "tol_misses",
-                                      "target_group2"])
+                                      "target_4th_midpoint"])
     @pytest.mark.parametrize("splits", [1, 2])
-    def test_adaptive_temperature_open_brackets(self, case, splits):
+    def test_adaptive_temperature_open_brackets(self, case, splits, near_boundary_args):
         # Row 0 gets a decision whose H_eps lies `gap` from its boundary: inside the bracket of H_eps that the online
         # sweep gives (1e-9 V plus the rounding margin), far outside fp32 rounding. The kernel cannot decide it
         # from the bracket and must sweep row 0 again for exact entropies; the T must still be the reference's.
-        # threshold_*: H_eps(T=1) next to the threshold; tol_*: the first midpoint's H_eps next to target +- tol;
-        # target_group2: the 4th midpoint's H_eps next to the target, so the target itself (a bracket until then)
-        # must become exact in the second group.
+        # The cases (tests/kernels/conftest.py): threshold_*: H_eps(T=1) next to the threshold; tol_*: the first
+        # midpoint's H_eps next to target +- tol; target_4th_midpoint: the 4th midpoint's H_eps next to the target,
+        # so the target itself (a bracket until then) must become exact in the second group.
         from kernels._triton import k_adaptive_temperature
 
         vocab, gap = 2048, 2e-5
         z = make_rows(3, vocab, "randn", torch.float32, seed=5)
         z[1] *= 3.0
         z[2] *= 0.5
-        h_eps = reference._entropy_eps
-        h0 = h_eps(z[0])
+        h0 = reference._entropy_eps(z[0])
         eps_width, rel = k_adaptive_temperature.bracket_params(vocab)
         assert eps_width + gap < rel * (1 + h0) and gap > 20 * 2.0**-24 * (1 + h0)  # open, yet 20 ulps from rounding
-        args = (0.01, 1.0, 100, 0.1, 0.85, 1e-5)
-        if case.startswith("threshold"):
-            args = args[:5] + (h0 + (gap if case == "threshold_above" else -gap),)
-        elif case.startswith("tol"):
-            d = abs(h_eps(z[0] / 0.505) - 0.85 * h0)
-            args = (0.01, 1.0, 100, d + (gap if case == "tol_converges" else -gap), 0.85, 1e-5)
-        else:
-            lo, hi = 0.01, 1.0
-            for _ in range(4):  # the path towards T = 0.3: its 4th midpoint
-                mid = (lo + hi) / 2
-                lo, hi = (mid, hi) if mid < 0.3 else (lo, mid)
-            args = (0.01, 1.0, 9, 1e-6, (h_eps(z[0] / mid) + gap) / h0, 1e-5)
+        args = near_boundary_args(z[0], case, gap)
         counts = torch.zeros(3, dtype=torch.int32)
         result = k_adaptive_temperature.adaptive_temperature(z, *args, splits, sweep_counts=counts)
         check_adaptive(*result, reference.adaptive_temperature(z, *args), z)

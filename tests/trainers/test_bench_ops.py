@@ -31,3 +31,20 @@ def test_fused_linear_benchmark_repeats_report_the_fastest_run():
     assert out["time_ratio"] == pytest.approx(out["fused"]["seconds"] / out["unfused"]["seconds"])
     with pytest.raises(ValueError, match="repeats"):
         run_fused_linear_benchmark(4, 16, 4, "cpu", repeats=0)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="CPU peak memory reads /proc")
+def test_fused_linear_benchmark_extra_baselines():
+    # The CUDA training rows time the Triton path against the chunked torch path this way; here both sides are the
+    # CPU op with different chunkings, so their gradients must agree to rounding.
+    from kernels.fused_linear import fused_linear_entropy
+
+    out = run_fused_linear_benchmark(
+        64, 3000, 16, "cpu", torch.float32, repeats=2,
+        baselines={"small_chunks": lambda h, w, y, t: fused_linear_entropy(h, w, y, t, chunk_tokens=16,
+                                                                              chunk_vocab=512)})
+    assert out["small_chunks"]["seconds"] > 0 and len(out["small_chunks"]["runs_seconds"]) == 2
+    assert out["time_ratio_vs_small_chunks"] == pytest.approx(out["fused"]["seconds"] / out["small_chunks"]["seconds"])
+    assert out["max_abs_grad_diff_vs_small_chunks"]["weight"] < 1e-6 and "time_ratio" in out
+    with pytest.raises(ValueError, match="baselines"):
+        run_fused_linear_benchmark(4, 16, 4, "cpu", baselines={"unfused": fused_linear_entropy})
