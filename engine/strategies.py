@@ -228,6 +228,9 @@ class _HFBackend:
     def num_parameters(self) -> int:
         return int(self.model.num_parameters())
 
+    def max_num_seqs(self) -> int:
+        return self.batch_size
+
     def run(self, requests: list[_Request], progress: bool, desc: str) -> list[_Completion]:
         from tqdm.auto import tqdm
         from transformers import GenerationConfig, LogitsProcessorList, TemperatureLogitsWarper
@@ -348,6 +351,9 @@ class _VLLMBackend:
 
     def num_parameters(self) -> int:
         return _count_parameters_meta(self.path)
+
+    def max_num_seqs(self) -> int:
+        return int(self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs)
 
     def run(self, requests: list[_Request], progress: bool, desc: str) -> list[_Completion]:
         from vllm import SamplingParams
@@ -527,6 +533,14 @@ class Generator:
     def backend(self) -> str:
         """"vllm" or "hf": the backend this Generator runs on."""
         return self._backend_name
+
+    @property
+    def max_num_seqs(self) -> int:
+        """The most sequences decoded at once: the value given, else the backend's default (vLLM's scheduler cap,
+        256 offline on CPU; on CPU its KV-cache budget may admit fewer; HF: rows per ``generate`` call)."""
+        if self._backend is None:
+            raise RuntimeError("this Generator is closed")
+        return self._backend.max_num_seqs()
 
     @property
     def num_parameters(self) -> int:
