@@ -25,7 +25,7 @@ prompts (the strategies' token budget), once with plain sampling and once with E
   16 x (HF's time per token) / (our time per step), a property of the machine more than of the code; the batch-16
   ratio is reported beside it ("em_inf_batch16/reference_em_inf_tokens_per_s").
 
-Also the EM-INF op's own time per decode step at batch 16.
+Also, per decode step at batch 16, the EM-INF op's own time and the vLLM processor's (gather, op, scatter).
 
 The full run decodes with the model compiled (vLLM's torch.compile; about a minute to start on 2 CPU cores, then
 ~1.35x faster there); --quick stays eager to start in seconds.
@@ -33,6 +33,7 @@ The full run decodes with the model compiled (vLLM's torch.compile; about a minu
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import time
 
@@ -88,6 +89,7 @@ def run(device: torch.device, quick: bool = False, model: str = "smollm2-135m-in
     finally:
         serving_gen.close()
     op_ms = 1e3 * _em_inf_op_seconds(device, batch=16, vocab=vocab)
+    processor_s = _processor_seconds(device, batch=16, vocab=vocab)
     em = strategies["em_inf"]
     ratios = {
         f"{name}/em_inf": {"seconds": strategies[name]["seconds_per_answer"] / em["seconds_per_answer"],
@@ -105,7 +107,8 @@ def run(device: torch.device, quick: bool = False, model: str = "smollm2-135m-in
         "model": model, "backend": backend, "parameters": params, "vocab": vocab, "settings": cfg,
         "temperature": TEMPERATURE, "concurrency": CONCURRENCY, "tasks": list(TASKS), "strategies": strategies,
         "throughput": {"batch_16": batch16, "serving": serving}, "authors_em_inf": authors,
-        "em_inf_op_ms_per_step_b16": op_ms, "ratios": ratios,
+        "em_inf_op_ms_per_step_b16": op_ms,
+        "processor_ms_per_step_b16": None if processor_s is None else 1e3 * processor_s, "ratios": ratios,
     }
     section["targets"] = _targets(section)
     return section
@@ -191,12 +194,39 @@ def _authors_em_inf(gen: Generator, prompts: list, max_tokens: int, device: torc
 
 
 def _em_inf_op_seconds(device: torch.device, batch: int, vocab: int) -> float:
-    """The EM-INF op's time per decode step on [batch, vocab] fp32 logits (what the vLLM processor runs)."""
+    """The EM-INF op's time per decode step on [batch, vocab] fp32 logits (the core of the vLLM processor)."""
     import kernels
 
+    logits = _step_logits(device, batch, vocab)
+    return measure(lambda: kernels.em_inf(logits, steps=EM_INF_STEPS), device)
+
+
+def _processor_seconds(device: torch.device, batch: int, vocab: int) -> float | None:
+    """The vLLM processor's time per decode step, every row opted in: EMLogitsProcessor.apply through vLLM's V1
+    interface (gather the rows, the op, scatter back), after vLLM's own BatchUpdateBuilder added the requests.
+    None where vLLM is not installed. apply works in place: random logits keep their entropy far above the
+    stopping threshold after a few steps, so every call does the same work."""
+    if importlib.util.find_spec("vllm") is None:
+        return None
+    from vllm import SamplingParams
+    from vllm.config import VllmConfig
+    from vllm.v1.sample.logits_processor import BatchUpdateBuilder
+
+    from engine.vllm_plugin import EMLogitsProcessor
+
+    proc = EMLogitsProcessor(VllmConfig(), device, False)
+    builder = BatchUpdateBuilder()
+    for i in range(batch):
+        params = SamplingParams(extra_args={"em_mode": "em_inf", "em_steps": EM_INF_STEPS})
+        builder.added.append((i, params, [1], []))
+    proc.update_state(builder.get_and_reset(batch))
+    logits = _step_logits(device, batch, vocab)
+    return measure(lambda: proc.apply(logits), device)
+
+
+def _step_logits(device: torch.device, batch: int, vocab: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(0)
-    z = (torch.randn(batch, vocab, generator=g) * 2.0).to(device)
-    return measure(lambda: kernels.em_inf(z, steps=EM_INF_STEPS), device)
+    return (torch.randn(batch, vocab, generator=g) * 2.0).to(device)
 
 
 def _targets(section: dict) -> list[dict]:
@@ -238,8 +268,11 @@ def markdown(section: dict) -> str:
               f"{sv['em_inf']['tokens_per_second']:.1f}. Authors' EM-INF (HF generate, batch 1, torch Adam): "
               f"{a['tokens_per_second']:.1f} tokens/s over {a['generated_tokens']} tokens, so EM-INF is "
               f"{r['em_inf/reference_em_inf_tokens_per_s']:.1f}x theirs at the engine's concurrency and "
-              f"{r['em_inf_batch16/reference_em_inf_tokens_per_s']:.1f}x at batch 16. EM-INF op per decode step at "
-              f"B=16: {section['em_inf_op_ms_per_step_b16']:.3f} ms.", "",
+              f"{r['em_inf_batch16/reference_em_inf_tokens_per_s']:.1f}x at batch 16. Per decode step at B=16, "
+              f"V={section['vocab']}: the EM-INF op {section['em_inf_op_ms_per_step_b16']:.3f} ms"
+              + ("" if section["processor_ms_per_step_b16"] is None else
+                 f", the vLLM processor (gather, op, scatter) {section['processor_ms_per_step_b16']:.3f} ms") + ".",
+              "",
               "| target | value | goal | met |", "|---|---|---|---|"]
     for t in section["targets"]:
         lines.append(f"| {t['target']} | {t['value']:.2f} | >= {t['goal']} | {'yes' if t['met'] else 'NO'} |")

@@ -70,6 +70,9 @@ def test_decoding_reports_every_strategy_and_the_claim_ratios(quick_run):
     assert ratios["em_inf/sampling_tokens_per_s"] == pytest.approx(
         b16["em_inf"]["tokens_per_second"] / b16["sampling"]["tokens_per_second"])
     assert d["authors_em_inf"]["generated_tokens"] > 0
+    assert d["em_inf_op_ms_per_step_b16"] > 0
+    if d["backend"] == "vllm":  # gather + op + scatter: about the op's time or more (half of it, for timing noise)
+        assert d["processor_ms_per_step_b16"] > 0.5 * d["em_inf_op_ms_per_step_b16"]
 
 
 def test_training_rows_compare_fused_with_unfused(quick_run):
