@@ -107,6 +107,25 @@ def _chunk_logits(h_scaled: torch.Tensor, w: torch.Tensor, buf: torch.Tensor) ->
     return torch.mm(h_scaled, w.t()).float()
 
 
+def save_context(ctx, hidden, weight, targets, lse, mean_z, logprob, temperature, chunk_tokens, chunk_vocab) -> None:
+    """What both backends' backward needs from their forward (the torch and the Triton autograd functions)."""
+    ctx.save_for_backward(hidden, weight, targets, lse, mean_z)
+    ctx.temperature = temperature
+    ctx.chunks = (chunk_tokens, chunk_vocab)
+    if targets is None:
+        ctx.mark_non_differentiable(logprob)
+
+
+def incoming_grads(g_ent, g_lp, targets, n_tok: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The gradients reaching backward as contiguous fp32 [N]: a missing one as zeros, and no log-probability
+    gradient for ignored targets (their logprob is the constant 0)."""
+    zeros = torch.zeros(n_tok, dtype=torch.float32, device=device)
+    g_ent = zeros if g_ent is None else g_ent.float().contiguous()
+    if g_lp is None or targets is None:
+        return g_ent, zeros  # both read-only in backward, so one buffer serves both
+    return g_ent, torch.where(targets == IGNORE_INDEX, 0.0, g_lp.float()).contiguous()
+
+
 class _FusedLinearEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets, temperature, chunk_tokens, chunk_vocab):
@@ -153,11 +172,7 @@ class _FusedLinearEntropy(torch.autograd.Function):
             if tgt is not None:
                 lp = tgt_logit - lse[t0:t1]
                 logprob[t0:t1] = torch.where(tgt == IGNORE_INDEX, torch.zeros_like(lp), lp)
-        ctx.save_for_backward(hidden, weight, targets, lse, mean_z)
-        ctx.temperature = temperature
-        ctx.chunks = (chunk_tokens, chunk_vocab)
-        if targets is None:
-            ctx.mark_non_differentiable(logprob)
+        save_context(ctx, hidden, weight, targets, lse, mean_z, logprob, temperature, chunk_tokens, chunk_vocab)
         return ent, logprob
 
     @staticmethod
@@ -168,13 +183,7 @@ class _FusedLinearEntropy(torch.autograd.Function):
         n_tok, vocab = hidden.shape[0], weight.shape[0]
         dev, dtype = hidden.device, hidden.dtype
         inv_t = 1.0 / ctx.temperature
-        if g_ent is None:
-            g_ent = torch.zeros(n_tok, dtype=torch.float32, device=dev)
-        if g_lp is None or targets is None:
-            g_lp = torch.zeros(n_tok, dtype=torch.float32, device=dev)
-        else:
-            g_lp = torch.where(targets == IGNORE_INDEX, torch.zeros_like(g_lp), g_lp.float())
-        g_ent = g_ent.float()
+        g_ent, g_lp = incoming_grads(g_ent, g_lp, targets, n_tok, dev)
         grad_h = torch.zeros(hidden.shape, dtype=torch.float32, device=dev) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=dev) if need_w else None
         size = min(chunk_tokens, max(n_tok, 1)) * min(chunk_vocab, vocab)

@@ -33,6 +33,7 @@ import triton
 import triton.language as tl
 
 from kernels._triton._common import next_pow2, stats_update, to_dtype_rne
+from kernels.fused_linear import incoming_grads, save_context
 from kernels.reference_fused import IGNORE_INDEX
 
 MAX_BLOCK = 4096
@@ -157,11 +158,7 @@ class FusedLinearEntropyTriton(torch.autograd.Function):
                     IGNORE=IGNORE_INDEX, HAS_TGT=has_tgt, FIRST=v0 == 0, LAST=v1 == vocab, BLOCK=block,
                     num_warps=NUM_WARPS,
                 )
-        ctx.save_for_backward(hidden, weight, targets, lse, mean_z)
-        ctx.temperature = temperature
-        ctx.chunks = (chunk_tokens, chunk_vocab)
-        if not has_tgt:
-            ctx.mark_non_differentiable(logprob)
+        save_context(ctx, hidden, weight, targets, lse, mean_z, logprob, temperature, chunk_tokens, chunk_vocab)
         return ent, logprob
 
     @staticmethod
@@ -173,11 +170,7 @@ class FusedLinearEntropyTriton(torch.autograd.Function):
         dev, dtype = hidden.device, hidden.dtype
         inv_t = 1.0 / ctx.temperature
         f32 = dict(dtype=torch.float32, device=dev)
-        g_ent = torch.zeros(n_tok, **f32) if g_ent is None else g_ent.float().contiguous()
-        if g_lp is None or targets is None:
-            g_lp = torch.zeros(n_tok, **f32)
-        else:
-            g_lp = torch.where(targets == IGNORE_INDEX, 0.0, g_lp.float()).contiguous()
+        g_ent, g_lp = incoming_grads(g_ent, g_lp, targets, n_tok, dev)
         has_tgt = targets is not None
         tgt = targets if has_tgt else lse
         grad_h = torch.zeros(hidden.shape, **f32) if need_h else None
