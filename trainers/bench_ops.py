@@ -4,12 +4,13 @@
 fwd+bwd (loss = mean entropy + mean target log-probability, gradients w.r.t. hidden and the lm_head weight) on the
 same inputs in one process, one after the other; the ratio is what to quote. Peak memory is measured above the
 inputs: on CUDA through the caching allocator's peak counter, on CPU (Linux) through the process's peak resident set
-(VmHWM, reset through /proc/self/clear_refs before each variant), so it includes allocator overhead and is what a
-user would see.
+(VmHWM, reset through /proc/self/clear_refs before each variant, after glibc has returned its freed heap pages to
+the OS so that reused blocks count), so it includes allocator overhead and is what a user would see.
 """
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import time
 from collections.abc import Callable
@@ -39,6 +40,16 @@ def _read_status_kb(key: str) -> int:
     raise RuntimeError(f"{key} not found in /proc/self/status")
 
 
+def _release_free_heap() -> None:
+    # Freed memory that glibc keeps resident (its heap grows once earlier large tensors raise the dynamic mmap
+    # threshold) would be reused without raising RSS, so a variant's peak would read low or zero depending on what
+    # ran before it in the process. malloc_trim returns those pages to the OS; other allocators lack it.
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError):
+        pass
+
+
 def _available_bytes() -> int:
     with open("/proc/meminfo") as f:
         for line in f:
@@ -60,6 +71,7 @@ class _PeakMeter:
             torch.cuda.reset_peak_memory_stats(self.device)
             self.base = torch.cuda.memory_allocated(self.device)
         else:
+            _release_free_heap()
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # resets VmHWM to the current RSS
             self.base = _read_status_kb("VmRSS")
