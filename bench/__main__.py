@@ -13,6 +13,7 @@ import argparse
 import importlib
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -59,9 +60,9 @@ def run(argv: list[str]) -> dict[str, object]:
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, object] = {
         "device": describe_device(device), "model": args.model, "quick": args.quick,
-        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "commit": source_commit(),
     }
-    report = [f"# Benchmark on {results['device'].get('name')} ({args.device})", ""]
+    report = [f"# Benchmark on {results['device'].get('name')} ({args.device}), commit {results['commit']}", ""]
     for name in args.sections.split(","):
         module = importlib.import_module(SECTIONS[name])
         t0 = time.perf_counter()
@@ -75,6 +76,25 @@ def run(argv: list[str]) -> dict[str, object]:
     print("\n".join(report))
     print(f"\nwrote {out_dir / 'results.json'}, {out_dir / 'results.md'} and plots")
     return results
+
+
+def source_commit(root: Path = Path(__file__).resolve().parent.parent) -> str | None:
+    """The checkout's HEAD, with "-dirty" when tracked files differ from it; None outside a git checkout.
+
+    A committed run is only reproducible with the code it measured, so the results name it.
+    """
+
+    def git(*cmd: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", "-C", str(root), *cmd], capture_output=True, text=True)
+
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return None
+        dirty = git("diff", "--quiet", "HEAD", "--").returncode != 0
+    except OSError:  # no git on this machine
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
 def _section_kwargs(name: str, args: argparse.Namespace) -> dict[str, object]:
@@ -93,7 +113,8 @@ def _write_atomic(path: Path, text: str) -> None:
 def compare(path_a: str, path_b: str) -> str:
     """Markdown: kernel rows and decoding strategies side by side, with B/A ratios."""
     a, b = (json.loads(Path(p).read_text()) for p in (path_a, path_b))
-    lines = [f"A: {path_a} ({a['device'].get('name')})", f"B: {path_b} ({b['device'].get('name')})", ""]
+    lines = [f"{tag}: {path} ({r['device'].get('name')}, commit {r.get('commit')})"
+             for tag, path, r in (("A", path_a, a), ("B", path_b, b))] + [""]
     if "kernels" in a and "kernels" in b:
         key = lambda r: (r["op"], r["backend"], r["B"])  # noqa: E731
         rows_b = {key(r): r for r in b["kernels"]["rows"] if "seconds" in r}

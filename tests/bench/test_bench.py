@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.__main__ import source_commit
 from engine.strategies import HF_BATCH_SIZE
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,6 +30,23 @@ def test_results_have_every_section_and_plot(quick_run):
     for name in ("kernels", "decoding", "training"):
         assert name in results and (out / f"{name}.png").stat().st_size > 1000
     assert "| strategy |" in stdout and (out / "results.md").read_text().startswith("# Benchmark")
+
+
+def test_results_name_the_commit_they_measured(quick_run, tmp_path):
+    _, results, _ = quick_run
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    if head.returncode == 0:
+        assert results["commit"].removesuffix("-dirty") == head.stdout.strip()
+    git = ["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t"]
+    assert source_commit(tmp_path) is None
+    subprocess.run([*git, "init", "-q"], check=True)
+    (tmp_path / "f.txt").write_text("a")
+    subprocess.run([*git, "add", "f.txt"], check=True)
+    subprocess.run([*git, "commit", "-qm", "x"], check=True)
+    sha = subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    assert source_commit(tmp_path) == sha
+    (tmp_path / "f.txt").write_text("b")
+    assert source_commit(tmp_path) == sha + "-dirty"
 
 
 def test_kernel_rows_are_relative_to_measured_bandwidth(quick_run):
