@@ -1,8 +1,9 @@
 """Kernel section: every op and backend against the memory bandwidth measured in the same run.
 
-Rows report seconds per call (the fastest of several runs, every backend of a case called in turns), achieved GB/s over the op's floor of bytes moved (entropy reads the logits once;
-em_inf and adaptive_temperature read them once and write them once), that as % of the measured read bandwidth, and
-the speed-up over the torch reference on the same input.
+Rows report seconds per call (the fastest of several runs, every backend of a case called in turns), achieved GB/s
+over the op's floor of bytes moved (entropy reads the logits once; em_inf and adaptive_temperature read them once
+and write them once), that as % of the measured read bandwidth, and the speed-up over the torch reference on the
+same input.
 """
 
 from __future__ import annotations

@@ -234,6 +234,18 @@ def _decide(lo, hi, t, it, done, tg_lo, tg_hi, first, exact, hl, hh, tc, tol, th
 
 
 @triton.jit
+def _exact_where_open(open_, he, lo, hi, t, it, done, tg_lo, tg_hi, first, tc, tol, thr, ratio, max_iter,
+                      b_lo, b_hi, b_t, b_it, b_done, b_tgl, b_tgh, LEVELS: tl.constexpr, NC: tl.constexpr):
+    """The bracket decision (b_*), except for a row it left open: there the exact decision from the exact H_eps
+    `he` and the group's start state (lo ... tg_hi)."""
+    e_lo, e_hi, e_t, e_it, e_done, e_tgl, e_tgh, _ = _decide(
+        lo, hi, t, it, done, tg_lo, tg_hi, first, True, he, he, tc, tol, thr, ratio, max_iter, LEVELS, NC)
+    o = open_ != 0
+    return (tl.where(o, e_lo, b_lo), tl.where(o, e_hi, b_hi), tl.where(o, e_t, b_t), tl.where(o, e_it, b_it),
+            tl.where(o, e_done, b_done), tl.where(o, e_tgl, b_tgl), tl.where(o, e_tgh, b_tgh))
+
+
+@triton.jit
 def _row_group(row, V, m, s, ts, tc, t32, lo, hi, t, it, done, tg_lo, tg_hi, first, tol, thr, ratio, eps_v, rel,
                max_iter, BLOCK: tl.constexpr, LEVELS: tl.constexpr, NC: tl.constexpr):
     """A whole-row program's group: decide from brackets; an open row does the exact sweep and decides again."""
@@ -242,12 +254,10 @@ def _row_group(row, V, m, s, ts, tc, t32, lo, hi, t, it, done, tg_lo, tg_hi, fir
         lo, hi, t, it, done, tg_lo, tg_hi, first, False, hl, hh, tc, tol, thr, ratio, max_iter, LEVELS, NC)
     mt = tl.math.div_rn(tl.zeros([NC], tl.float32) + m, t32)
     acc = _sweep_eps(row, 0, tl.where(open_ != 0, V, 0), t32, mt, 1.0 / s, BLOCK, NC)
-    he = (-acc).to(tl.float64)
-    e_lo, e_hi, e_t, e_it, e_done, e_tgl, e_tgh, _ = _decide(
-        lo, hi, t, it, done, tg_lo, tg_hi, first, True, he, he, tc, tol, thr, ratio, max_iter, LEVELS, NC)
-    o = open_ != 0
-    return (tl.where(o, e_lo, b_lo), tl.where(o, e_hi, b_hi), tl.where(o, e_t, b_t), tl.where(o, e_it, b_it),
-            tl.where(o, e_done, b_done), tl.where(o, e_tgl, b_tgl), tl.where(o, e_tgh, b_tgh), open_)
+    lo, hi, t, it, done, tg_lo, tg_hi = _exact_where_open(
+        open_, (-acc).to(tl.float64), lo, hi, t, it, done, tg_lo, tg_hi, first, tc, tol, thr, ratio, max_iter,
+        b_lo, b_hi, b_t, b_it, b_done, b_tgl, b_tgh, LEVELS, NC)
+    return lo, hi, t, it, done, tg_lo, tg_hi, open_
 
 
 @triton.jit
@@ -273,12 +283,10 @@ def _resolve(pf, pi, hc_row, NSPLIT, lo, hi, t, it, done, tg_lo, tg_hi, first, t
     splits = tl.arange(0, NSPLIT_P2)
     acc = tl.sum(tl.load(hc_row + splits[:, None] * NC + tl.arange(0, NC)[None, :],
                          mask=(splits < NSPLIT)[:, None], other=0.0), axis=0)
-    he = (-acc).to(tl.float64)
-    e_lo, e_hi, e_t, e_it, e_done, e_tgl, e_tgh, _ = _decide(
-        lo, hi, t, it, done, tg_lo, tg_hi, first, True, he, he, tc, tol, thr, ratio, max_iter, LEVELS, NC)
-    o = p_open != 0
-    return (tl.where(o, e_lo, p_lo), tl.where(o, e_hi, p_hi), tl.where(o, e_t, p_t), tl.where(o, e_it, p_it),
-            tl.where(o, e_done, p_done), tl.where(o, e_tgl, p_tgl), tl.where(o, e_tgh, p_tgh), p_cnt)
+    lo, hi, t, it, done, tg_lo, tg_hi = _exact_where_open(
+        p_open, (-acc).to(tl.float64), lo, hi, t, it, done, tg_lo, tg_hi, first, tc, tol, thr, ratio, max_iter,
+        p_lo, p_hi, p_t, p_it, p_done, p_tgl, p_tgh, LEVELS, NC)
+    return lo, hi, t, it, done, tg_lo, tg_hi, p_cnt
 
 
 @triton.jit
