@@ -9,7 +9,7 @@ EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 STAMP := $(VENV)/.installed-$(EXTRA)
 SOURCES := setup.py $(wildcard csrc/*/*.cpp csrc/*/*.h)
 
-.PHONY: setup bench test
+.PHONY: setup bench test gpu-check
 
 setup: $(STAMP)
 
@@ -32,3 +32,9 @@ bench: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
+
+# The GPU half on a machine with an NVIDIA GPU, PyTorch and Triton (vLLM, gguf and a network optional): no setup
+# step, so it runs on a bare test machine with its own python3 (the .venv's when there is one).
+GPU_CHECK_OUTPUT ?= out/gpu-check
+gpu-check:
+	$(if $(wildcard $(PY)),$(PY),$(PYTHON)) -m bench.gpu_check --output $(GPU_CHECK_OUTPUT) $(ARGS)

@@ -95,7 +95,7 @@ class GenerationResult:
 
 
 @dataclass
-class _Request:
+class Request:
     token_ids: list[int]
     temperature: float
     seed: int
@@ -105,7 +105,7 @@ class _Request:
 
 
 @dataclass
-class _Completion:
+class Completion:
     token_ids: list[int]
     finish_reason: str  # "stop" (EOS), "length" (max_tokens or the context), "prompt_too_long" (not run)
     seconds: float = 0.0
@@ -205,16 +205,25 @@ def _hf_em_processor(mode: str | None, p: dict[str, float | int]):
 # ------------------------------------------------------------------------------------------------------ backends
 
 
-class _HFBackend:
+def load_hf_model(path: str, dtype: str | None, device: str) -> torch.nn.Module:
+    """The checkpoint at ``path`` as a transformers causal LM on ``device``, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(dtype, device)).to(device).eval()
+
+
+class HFBackend:
+    """Decoding through ``transformers`` ``generate`` with the EM processors; what ``Generator`` runs when vLLM is
+    not used. Takes a loaded model (``load_hf_model``), so benchmarks can drive it with a model built in memory."""
+
     name = "hf"
 
-    def __init__(self, path: str, dtype: str | None, device: str, eos_ids: list[int], pad_id: int,
+    def __init__(self, model: torch.nn.Module, device: str, eos_ids: list[int], pad_id: int,
                  max_num_seqs: int | None = None):
-        from transformers import AutoModelForCausalLM, GenerationConfig
+        from transformers import GenerationConfig
 
-        torch_dtype = _torch_dtype(dtype, device)
         self.device = device
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device).eval()
+        self.model = model
         self.model_generation_config = self.model.generation_config
         # generate() fills every unset knob from model.generation_config (top_k, top_p, repetition_penalty, ...);
         # a clean config keeps decoding to exactly what the strategy asks, the same as the vLLM requests.
@@ -231,13 +240,13 @@ class _HFBackend:
     def max_num_seqs(self) -> int:
         return self.batch_size
 
-    def run(self, requests: list[_Request], progress: bool, desc: str) -> list[_Completion]:
+    def run(self, requests: list[Request], progress: bool, desc: str) -> list[Completion]:
         from tqdm.auto import tqdm
         from transformers import GenerationConfig, LogitsProcessorList, TemperatureLogitsWarper
 
         from engine.hf_processors import SeededSamplingLogitsProcessor
 
-        out: list[_Completion | None] = [None] * len(requests)
+        out: list[Completion | None] = [None] * len(requests)
         # Rows of one generate call share processors, so group by everything the processors depend on; sort by
         # prompt length inside a group so chunks carry little padding.
         groups: dict[tuple, list[int]] = {}
@@ -291,7 +300,7 @@ class _HFBackend:
                     if t in self.eos_ids:
                         toks, reason = toks[: k + 1], "stop"
                         break
-                done.append(_Completion(toks, reason))
+                done.append(Completion(toks, reason))
             for c, s in zip(done, _apportion(elapsed, [len(c.token_ids) for c in done])):
                 c.seconds = s
             for i, c in zip(chunk, done):
@@ -355,7 +364,7 @@ class _VLLMBackend:
     def max_num_seqs(self) -> int:
         return int(self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs)
 
-    def run(self, requests: list[_Request], progress: bool, desc: str) -> list[_Completion]:
+    def run(self, requests: list[Request], progress: bool, desc: str) -> list[Completion]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -380,7 +389,7 @@ class _VLLMBackend:
         for o in outputs:
             c = o.outputs[0]
             toks = list(c.token_ids)
-            done.append(_Completion(toks, "stop" if c.finish_reason == "stop" else "length"))
+            done.append(Completion(toks, "stop" if c.finish_reason == "stop" else "length"))
         for c, s in zip(done, _apportion(elapsed, [len(c.token_ids) for c in done])):
             c.seconds = s
         return done
@@ -509,7 +518,7 @@ class Generator:
         pad = self.tokenizer.pad_token_id
         self._pad_id = pad if pad is not None else self._eos_ids[0]
 
-        self._backend: _HFBackend | _VLLMBackend | None
+        self._backend: HFBackend | _VLLMBackend | None
         use_vllm = choose_backend(backend, device) == "vllm"
         if use_vllm:
             try:
@@ -523,7 +532,8 @@ class Generator:
                 use_vllm = False
         if not use_vllm:
             torch.manual_seed(self.seed)
-            self._backend = _HFBackend(self.path, dtype, device, self._eos_ids, self._pad_id, max_num_seqs)
+            self._backend = HFBackend(load_hf_model(self.path, dtype, device), device, self._eos_ids, self._pad_id,
+                                      max_num_seqs)
         self._backend_name = self._backend.name
         self._num_parameters: int | None = None
 
@@ -608,16 +618,16 @@ class Generator:
         ids = token_ids[:-1] if token_ids and token_ids[-1] in self._eos_ids else token_ids
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
-    def _request(self, ids: list[int], temperature: float, seed: int, max_tokens: int, mode, mode_params) -> _Request:
+    def _request(self, ids: list[int], temperature: float, seed: int, max_tokens: int, mode, mode_params) -> Request:
         # Both backends get the same budget: generation stops at max_model_len total tokens.
         cap = min(max_tokens, self.max_model_len - len(ids))
-        return _Request(ids, temperature, seed, cap, mode, mode_params)
+        return Request(ids, temperature, seed, cap, mode, mode_params)
 
-    def _run(self, requests: list[_Request], progress: bool, desc: str) -> list[_Completion]:
+    def _run(self, requests: list[Request], progress: bool, desc: str) -> list[Completion]:
         """Run the requests that fit the context; the others come back empty with finish_reason prompt_too_long."""
         runnable = [i for i, r in enumerate(requests) if r.max_tokens >= 1]
         done = self._backend.run([requests[i] for i in runnable], progress, desc) if runnable else []
-        out = [_Completion([], "prompt_too_long") for _ in requests]
+        out = [Completion([], "prompt_too_long") for _ in requests]
         for i, c in zip(runnable, done):
             out[i] = c
         return out
@@ -722,7 +732,7 @@ class Generator:
                 progress) -> list[GenerationResult]:
         """n sequential rounds; each round is one batched backend call over all prompts."""
         outputs: list[list[str]] = [[] for _ in formatted]
-        comps: list[list[_Completion]] = [[] for _ in formatted]
+        comps: list[list[Completion]] = [[] for _ in formatted]
         round_prompts: list[list[str]] = [[] for _ in formatted]
         round_ids: list[list[list[int]]] = [[] for _ in formatted]
         for k in range(n):

@@ -392,6 +392,25 @@ class TestCuda:
         same = temps == ref_t
         torch.testing.assert_close(out[same].float(), ref_out[same].float(), rtol=2 * ULP[dtype], atol=0)
 
+    @pytest.mark.parametrize("splits", [None, 1])  # the split launches at B = 64, and the one-kernel path
+    def test_adaptive_temperature_sweep_count(self, splits):
+        # The GPU half of the pass-count target: a row with L bisection levels reads the logits 1 + ceil(L / 3)
+        # times (2 for a T = 1 row), here at the bench's shape and with the GPU's own exp/log deciding the brackets.
+        from kernels._triton import k_adaptive_temperature
+
+        batch, args = 64, (0.01, 1.0, 100, 0.1, 0.85, 1e-5)
+        z = make_rows(batch, 151936, "randn", torch.float32, device="cuda")
+        z = z * torch.linspace(0.2, 4.0, batch, device="cuda")[:, None]  # a spread of entropies and path lengths
+        counts = torch.zeros(batch, dtype=torch.int32, device="cuda")
+        _, temps, _ = k_adaptive_temperature.adaptive_temperature(z, *args, splits, sweep_counts=counts)
+        _, ref_t, _ = reference.adaptive_temperature(z, *args)
+        levels = [len(reference_path(z[b], *args)[1]) for b in range(batch)]
+        bound = torch.tensor([1 + -(-n // k_adaptive_temperature.LEVELS) if n else 2 for n in levels])
+        same = (temps == ref_t).cpu()
+        assert (~same).sum() <= batch // 32, (temps, ref_t)
+        assert (counts.cpu()[same] <= bound[same]).all(), (counts, bound)
+        assert max(levels) >= 4  # several groups ran
+
     def test_adaptive_temperature_bad_rows(self):
         z = bad_rows(151936, torch.bfloat16, device="cuda")
         args = (0.01, 1.0, 100, 0.1, 0.85, 1e-5)
