@@ -1,6 +1,7 @@
 """`python -m bench`: kernel, decoding and training benchmarks; JSON + markdown + PNG plots.
 
     python -m bench [--quick] [--sections kernels,decoding,training] [--device cpu|cuda] [--model M] [--output DIR]
+                    [--no-torch-compile] [--no-progress]
     python -m bench compare A.json B.json
 
 Every comparison is a ratio measured side by side in one run on the same inputs; absolute times are quoted with the
@@ -37,6 +38,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--model", default=DEFAULT_MODEL, help="HF id, local path or offline name for decoding")
     p.add_argument("--output", default="out/bench", help="directory for results.json, results.md and plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-torch-compile", action="store_true",
+                   help="kernels section: skip the torch.compile baseline (compiling it per shape takes minutes)")
     args = p.parse_args(argv)
     unknown = [s for s in args.sections.split(",") if s not in SECTIONS]
     if unknown:
@@ -99,7 +102,10 @@ def source_commit(root: Path = Path(__file__).resolve().parent.parent) -> str | 
 
 def _section_kwargs(name: str, args: argparse.Namespace) -> dict[str, object]:
     kwargs: dict[str, object] = {"progress": not args.no_progress}
-    if name != "kernels":
+    if name == "kernels":
+        if args.no_torch_compile:
+            kwargs["with_compile"] = False
+    else:
         kwargs["model"] = args.model
     return kwargs
 

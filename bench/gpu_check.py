@@ -1,19 +1,19 @@
 """`make gpu-check` / `python -m bench.gpu_check --output DIR`: the GPU half of the project in one command.
 
 For a machine with a CUDA GPU, PyTorch and Triton; vLLM, gguf and a network are not needed. Steps, each in its own
-subprocess with its own time budget (a crash or a hang loses that step only), in this order:
+process group with its own time budget (a crash or a hang loses that step only), in this order:
 
-  pytest     pytest -m cuda over the kernel tests (Triton ops, fused_linear_entropy), compiled for this GPU
-  bench      python -m bench --sections kernels,training --device cuda (each kernel as % of the HBM bandwidth
-             measured in the same run; the fused training op against chunked torch and unfused)
   resources  every Triton kernel variant the ops launch (dtypes x constexpr branches): registers, spills, shared
              memory and the occupancy they allow, read from the compiled kernels
+  bench      python -m bench --sections kernels,training --device cuda --no-torch-compile (each kernel as % of the HBM
+             bandwidth measured in the same run; the fused training op against chunked torch and unfused)
   liger      fused_linear_entropy fwd+bwd beside Liger-Kernel's fused linear cross-entropy, chunked torch and
              unfused torch at N=8192, D=4096, V=151936, bf16 (time, peak memory); skipped when liger_kernel is not
              importable
   decode     the engine's HF decoding path (engine.strategies.HFBackend) on a random-weight model with
              Qwen2.5-1.5B's config: EM-INF (3 steps) against plain sampling, tokens/s at batch 16 and 64, and the op's
              own ms per decode step
+  pytest     pytest -m cuda over the kernel tests (Triton ops, fused_linear_entropy), compiled for this GPU
 
 Output (at most 8 files): DIR/gpu_check.json (every step's result and the targets), DIR/gpu_check.md (the same as
 tables), DIR/gpu_check.log (every step's output), DIR/bench/{results.json,results.md,kernels.png,training.png}.
@@ -26,6 +26,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -37,8 +38,12 @@ import torch
 from bench.timing import measure, synchronize
 
 REPO = Path(__file__).resolve().parent.parent
-# seconds per step; the whole check stays under 8 minutes on one H100 even when every step runs to its budget
-BUDGETS = {"pytest": 170, "bench": 150, "resources": 40, "liger": 50, "decode": 70}
+# Seconds per step, in the order run: the whole check stays under 8 minutes on one H100 even when every step runs
+# to its budget. resources goes first: it compiles each kernel variant once, and the later steps' processes find
+# them in Triton's disk cache. pytest goes last: on the first H100 run it was the slowest step by far (Triton
+# compiles per specialisation and per xdist worker), and the measurements must not wait behind it.
+BUDGETS = {"resources": 60, "bench": 120, "liger": 45, "decode": 60, "pytest": 180}
+PYTEST_TEST_TIMEOUT = 60  # seconds per test: a hung kernel fails its test with a traceback, not the whole step
 STEPS = tuple(BUDGETS)
 LIGER_SHAPE = (8192, 4096, 151936)  # N tokens, D hidden (an 8B-class model), V Qwen2.5's vocabulary
 QWEN25_15B = dict(  # Qwen/Qwen2.5-1.5B-Instruct config.json, so the decode step has the real shapes
@@ -57,8 +62,10 @@ EM_INF_STEPS = 3
 
 def step_pytest(out: Path) -> dict:
     junit = Path("/tmp") / f"gpu_check_junit_{os.getpid()}.xml"
+    # -v: one line per finished test, so a step cut short at its budget still shows which tests failed
     cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "tests/kernels/test_triton_kernels.py",
-           "tests/kernels/test_fused_linear.py", "-q", "-rfE", "-p", "no:cacheprovider", f"--junitxml={junit}"]
+           "tests/kernels/test_fused_linear.py", "-v", "-rfE", "--tb=short", "--durations=20", "-p", "no:cacheprovider",
+           f"--timeout={PYTEST_TEST_TIMEOUT}", f"--junitxml={junit}"]
     try:
         import xdist  # noqa: F401  (compiling the kernel variants is CPU work: spread it over processes)
 
@@ -93,7 +100,7 @@ def _junit_summary(path: Path) -> dict:
 
 def step_bench(out: Path) -> dict:
     cmd = [sys.executable, "-m", "bench", "--sections", "kernels,training", "--device", "cuda",
-           "--output", str(out / "bench"), "--no-progress"]
+           "--output", str(out / "bench"), "--no-progress", "--no-torch-compile"]
     print("$", " ".join(cmd), flush=True)
     rc = subprocess.run(cmd, cwd=REPO).returncode
     result: dict = {"rc": rc}
@@ -306,20 +313,32 @@ def _environment() -> dict:
     return info
 
 
+def run_in_group(cmd: list[str], budget: float, log, env: dict | None = None) -> tuple[int | None, bool]:
+    """Run cmd in a session of its own; at the budget (or when it ends) kill its whole process group: pytest's
+    xdist workers and inductor's compile workers too, which would otherwise keep the GPU and the cores busy under
+    the next steps. Returns (exit status or None, timed out)."""
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        rc, timed_out = proc.wait(timeout=budget), False
+    except subprocess.TimeoutExpired:
+        rc, timed_out = None, True
+    try:  # also when it ended in time: nothing it started may outlive it
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+    return rc, timed_out
+
+
 def _run_step(name: str, out: Path, budget: float, log) -> dict:
     """One step in a child process (its own CUDA context, its own crash), its JSON read back from a file."""
     result_path = out / f".{name}.json"
     result_path.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "bench.gpu_check", "--step", name, "--output", str(out)]
     log.write(f"\n===== {name} (budget {budget:.0f} s) =====\n")
     log.flush()
     t0 = time.perf_counter()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    try:
-        rc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, timeout=budget, env=env).returncode
-        timed_out = False
-    except subprocess.TimeoutExpired:
-        rc, timed_out = None, True
+    rc, timed_out = run_in_group([sys.executable, "-m", "bench.gpu_check", "--step", name, "--output", str(out)],
+                                 budget, log, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     seconds = time.perf_counter() - t0
     result = json.loads(result_path.read_text()) if result_path.exists() else {}
     result_path.unlink(missing_ok=True)

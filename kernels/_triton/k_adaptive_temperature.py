@@ -81,6 +81,8 @@ REC = 2 + 2 * NC  # split partial record: max, validity code, s[NC], t[NC]
 SF = 8  # float64 fields of a state record: lo, hi, t, target_lo, target_hi
 SI = 8  # int32 fields of a state record: it, done, valid, sweeps, open (undecided by the brackets)
 ADAPTIVE_EPS = 1e-9
+# float64 hyper-parameters passed as their bits: per-request values, so never value-specialised (see _common)
+_F64_ARGS = ("tmin_bits", "tmax_bits", "tol_bits", "ratio_bits", "thr_bits", "epsv_bits", "rel_bits")
 
 
 def bracket_params(vocab: int) -> tuple[float, float]:
@@ -327,7 +329,7 @@ def _merge_stats(base, t32, NSPLIT, NSPLIT_P2: tl.constexpr, REC: tl.constexpr, 
     return big_m, s, t, valid
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NSPLIT", "tmin_bits", "tmax_bits"])
 def at_stats_kernel(x_ptr, part_ptr, stride_x, V, CHUNK, NSPLIT, tmin_bits, tmax_bits,
                     BLOCK: tl.constexpr, LEVELS: tl.constexpr, NC: tl.constexpr, REC: tl.constexpr):
     """Sweep 1 (split): validity, max, and the online sums of the first group's 7 midpoints and of T = 1 (known
@@ -346,7 +348,7 @@ def at_stats_kernel(x_ptr, part_ptr, stride_x, V, CHUNK, NSPLIT, tmin_bits, tmax
     tl.store(rec + 2 + NC + lanes, t)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NSPLIT", "B", "GI", *_F64_ARGS, "max_iter"])
 def at_group_kernel(x_ptr, part_ptr, hc_ptr, sf_ptr, si_ptr, stride_x, V, CHUNK, NSPLIT, B, GI,
                     tmin_bits, tmax_bits, tol_bits, ratio_bits, thr_bits, epsv_bits, rel_bits, max_iter,
                     NSPLIT_P2: tl.constexpr, BLOCK: tl.constexpr, LEVELS: tl.constexpr, NC: tl.constexpr,
@@ -410,7 +412,7 @@ def at_group_kernel(x_ptr, part_ptr, hc_ptr, sf_ptr, si_ptr, stride_x, V, CHUNK,
         tl.store(hc_ptr + (b * NSPLIT + k) * NC + lanes, acc)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NSPLIT", "B", "G", *_F64_ARGS, "max_iter"])
 def at_row_kernel(x_ptr, out_ptr, hc_ptr, sf_ptr, si_ptr, temps_ptr, valid_ptr, cnt_ptr, stride_x, stride_o, V,
                   NSPLIT, B, G, tmin_bits, tmax_bits, tol_bits, ratio_bits, thr_bits, epsv_bits, rel_bits, max_iter,
                   NSPLIT_P2: tl.constexpr, BLOCK: tl.constexpr, LEVELS: tl.constexpr, NC: tl.constexpr,

@@ -73,7 +73,7 @@ def _step_constants(b1p, b2p, lr):
     return b1p, b2p, step_size, bc2_sqrt
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NSPLIT", "P", "STEPS", "lr_bits"])
 def em_inf_pass_kernel(
     x_ptr,
     out_ptr,

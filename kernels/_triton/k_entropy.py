@@ -26,7 +26,7 @@ BLOCK = 4096
 NUM_WARPS = 8
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NSPLIT"])
 def row_stats_kernel(
     x_ptr, part_ptr, h_ptr, stride_x, V, CHUNK, NSPLIT, BLOCK: tl.constexpr, DIRECT: tl.constexpr
 ):
@@ -61,7 +61,7 @@ def row_stats_kernel(
         tl.store(rec + 3, (bad + 2 * fin).to(tl.float32))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["NSPLIT"])
 def merge_kernel(part_ptr, h_ptr, NSPLIT, NSPLIT_P2: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     _, h, valid = merge_partials(part_ptr + b * NSPLIT * 4, NSPLIT, NSPLIT_P2, 4, True)

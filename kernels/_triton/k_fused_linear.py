@@ -40,7 +40,7 @@ MAX_BLOCK = 4096
 NUM_WARPS = 8
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["v0", "row0"])
 def _fwd_chunk_kernel(
     x_ptr, stride_x, v_len, v0, row0, inv_t,
     tgt_ptr, m_ptr, s_ptr, t_ptr, zy_ptr,
@@ -89,7 +89,7 @@ def _fwd_chunk_kernel(
             tl.store(zy_ptr + g, zy)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["v0", "row0"])
 def _bwd_chunk_kernel(
     x_ptr, stride_x, v_len, v0, row0, inv_t,
     tgt_ptr, lse_ptr, mean_z_ptr, g_ent_ptr, g_lp_ptr,
