@@ -1,7 +1,7 @@
-"""`python -m bench`: kernel, decoding and training benchmarks; JSON + markdown + PNG plots.
+"""`python -m bench`: kernel, decoding and training benchmarks and the kernels' compile check; JSON + markdown + PNG.
 
-    python -m bench [--quick] [--sections kernels,decoding,training] [--device cpu|cuda] [--model M] [--output DIR]
-                    [--no-torch-compile] [--no-progress]
+    python -m bench [--quick] [--sections kernels,decoding,training,compile] [--device cpu|cuda] [--model M]
+                    [--output DIR] [--no-torch-compile] [--no-progress]
     python -m bench compare A.json B.json
 
 Every comparison is a ratio measured side by side in one run on the same inputs; absolute times are quoted with the
@@ -24,7 +24,8 @@ import torch
 from bench.timing import describe_device
 
 # section name -> module with run(device, quick, ...) -> dict, markdown(dict) -> str, plot(dict, path)
-SECTIONS = {"kernels": "bench.kernels", "decoding": "bench.decoding", "training": "bench.training"}
+SECTIONS = {"kernels": "bench.kernels", "decoding": "bench.decoding", "training": "bench.training",
+            "compile": "bench.compile"}
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 
@@ -105,7 +106,7 @@ def _section_kwargs(name: str, args: argparse.Namespace) -> dict[str, object]:
     if name == "kernels":
         if args.no_torch_compile:
             kwargs["with_compile"] = False
-    else:
+    elif name != "compile":
         kwargs["model"] = args.model
     return kwargs
 

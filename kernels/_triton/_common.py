@@ -101,6 +101,12 @@ def target_programs(device: torch.device) -> int:
     return 4
 
 
+# At most this many programs per row: the merges hold next_pow2(nsplit) partial records in registers, and beyond
+# 1024 they spill (ahead-of-time compile check, sm_80 and sm_90). 1024 programs fill a GPU of up to 256 SMs for a
+# single row, and V / 1024 keeps each program's chunk at a few blocks even at V = 151936.
+MAX_SPLITS = 1024
+
+
 def split_geometry(batch: int, vocab: int, block: int, device: torch.device, num_splits: int | None) -> tuple[int, int]:
     """(nsplit, chunk): programs per row and the elements each covers (a multiple of block).
 
@@ -110,7 +116,7 @@ def split_geometry(batch: int, vocab: int, block: int, device: torch.device, num
     max_splits = triton.cdiv(vocab, block)
     if num_splits is None:
         num_splits = triton.cdiv(target_programs(device), max(batch, 1))
-    nsplit = max(1, min(int(num_splits), max_splits))
+    nsplit = max(1, min(int(num_splits), max_splits, MAX_SPLITS))
     chunk = triton.cdiv(triton.cdiv(vocab, nsplit), block) * block
     return triton.cdiv(vocab, chunk), chunk
 

@@ -70,6 +70,7 @@ from kernels._triton._common import (
     split_geometry,
     to_dtype_rne,
 )
+from kernels._triton.launch import LOGITS, POW2_SPLITS, KernelLaunch
 
 LEVELS = 3
 NC = 1 << LEVELS  # 7 candidate midpoints + T = 1 in the last lane
@@ -491,6 +492,25 @@ def at_out_kernel(x_ptr, out_ptr, temps_ptr, valid_ptr, stride_x, stride_o, V, C
     _write_out(x_ptr + b * stride_x, out_ptr + b * stride_o, start, end, tl.load(temps_ptr + b), valid, OUT_BLOCK)
 
 
+_BITS = {name: "i64" for name in _F64_ARGS}
+_SHAPE = {"BLOCK": (BLOCK,), "LEVELS": (LEVELS,), "NC": (NC,)}
+_STATE = {"sf_ptr": "fp64", "si_ptr": "i32"}
+STATS = KernelLaunch(at_stats_kernel, num_warps=NUM_WARPS, pointers={"x_ptr": LOGITS, "part_ptr": "fp32"},
+                     scalars={"tmin_bits": "i64", "tmax_bits": "i64"}, constexprs={**_SHAPE, "REC": (REC,)})
+GROUP = KernelLaunch(at_group_kernel, num_warps=NUM_WARPS,
+                     pointers={"x_ptr": LOGITS, "part_ptr": "fp32", "hc_ptr": "fp32", **_STATE}, scalars=_BITS,
+                     constexprs={**_SHAPE, "NSPLIT_P2": POW2_SPLITS[1:], "REC": (REC,), "SF": (SF,), "SI": (SI,),
+                                 "RESOLVE": (False, True)}, sizes=("NSPLIT_P2",))
+ROW = KernelLaunch(at_row_kernel, num_warps=NUM_WARPS,
+                   pointers={"x_ptr": LOGITS, "out_ptr": LOGITS, "hc_ptr": "fp32", **_STATE, "temps_ptr": "fp32",
+                             "valid_ptr": "i8", "cnt_ptr": "i32"}, scalars=_BITS,
+                   constexprs={**_SHAPE, "NSPLIT_P2": POW2_SPLITS, "SF": (SF,), "SI": (SI,), "FULL": (False, True),
+                               "OUT_BLOCK": (OUT_BLOCK,), "COUNT": (False, True)}, sizes=("NSPLIT_P2",))
+OUT = KernelLaunch(at_out_kernel, num_warps=NUM_WARPS,
+                   pointers={"x_ptr": LOGITS, "out_ptr": LOGITS, "temps_ptr": "fp32", "valid_ptr": "i8"},
+                   constexprs={"OUT_BLOCK": (OUT_BLOCK,)})
+
+
 def adaptive_temperature(
     logits: torch.Tensor,
     tmin: float,
@@ -518,7 +538,8 @@ def adaptive_temperature(
     count = sweep_counts is not None
     if count:
         assert sweep_counts.dtype == torch.int32 and sweep_counts.shape == (batch,) and sweep_counts.device == dev
-    cnt = sweep_counts if count else valid
+    # pointers the kernels do not touch in this configuration: one element of the described type (not a null pointer)
+    cnt = sweep_counts if count else torch.empty(1, dtype=torch.int32, device=dev)
     eps_v, rel = bracket_params(vocab)
     bits = dict(
         tmin_bits=f64_bits(tmin),
@@ -530,10 +551,11 @@ def adaptive_temperature(
         rel_bits=f64_bits(rel),
     )
     nsplit, chunk = split_geometry(batch, vocab, BLOCK, dev, num_splits)
-    consts = dict(BLOCK=BLOCK, LEVELS=LEVELS, NC=NC, num_warps=NUM_WARPS)
+    consts = dict(BLOCK=BLOCK, LEVELS=LEVELS, NC=NC)
     if nsplit == 1:
-        at_row_kernel[(batch,)](
-            x, out, temps, temps, valid, temps, valid, cnt, x.stride(0), out.stride(0), vocab, 1, batch, 0,
+        no_state = (torch.empty(1, dtype=torch.float64, device=dev), torch.empty(1, dtype=torch.int32, device=dev))
+        ROW[(batch,)](
+            x, out, temps, *no_state, temps, valid, cnt, x.stride(0), out.stride(0), vocab, 1, batch, 0,
             **bits, max_iter=max_iter, NSPLIT_P2=1, SF=SF, SI=SI, FULL=True, OUT_BLOCK=OUT_BLOCK, COUNT=count,
             **consts,
         )
@@ -545,24 +567,20 @@ def adaptive_temperature(
     part = torch.empty(batch, nsplit, REC, dtype=torch.float32, device=dev)
     h_part = torch.empty(batch, nsplit, NC, dtype=torch.float32, device=dev)
     grid = (batch, nsplit)
-    at_stats_kernel[grid](
-        x, part, x.stride(0), vocab, chunk, nsplit, bits["tmin_bits"], bits["tmax_bits"], REC=REC, **consts
-    )
+    STATS[grid](x, part, x.stride(0), vocab, chunk, nsplit, bits["tmin_bits"], bits["tmax_bits"], REC=REC, **consts)
     groups = max(1, min(triton.cdiv(max_iter, LEVELS), SPLIT_GROUPS))
     common = (x, part, h_part, state_f, state_i, x.stride(0), vocab, chunk, nsplit, batch)
     for g in range(groups):
         for resolve in (False, True) if g + 1 < groups else (False,):
-            at_group_kernel[grid](
+            GROUP[grid](
                 *common, g, **bits, max_iter=max_iter, NSPLIT_P2=p2, REC=REC, SF=SF, SI=SI, RESOLVE=resolve,
                 **consts,
             )
-    at_row_kernel[(batch,)](
+    ROW[(batch,)](
         x, out, h_part, state_f, state_i, temps, valid, cnt, x.stride(0), out.stride(0), vocab, nsplit, batch,
         groups, **bits, max_iter=max_iter, NSPLIT_P2=p2, SF=SF, SI=SI, FULL=False, OUT_BLOCK=OUT_BLOCK,
         COUNT=count, **consts,
     )
     out_nsplit, out_chunk = split_geometry(batch, vocab, OUT_BLOCK, dev, nsplit)
-    at_out_kernel[(batch, out_nsplit)](
-        x, out, temps, valid, x.stride(0), out.stride(0), vocab, out_chunk, OUT_BLOCK=OUT_BLOCK, num_warps=NUM_WARPS
-    )
+    OUT[(batch, out_nsplit)](x, out, temps, valid, x.stride(0), out.stride(0), vocab, out_chunk, OUT_BLOCK=OUT_BLOCK)
     return out, temps, valid.view(torch.bool)

@@ -44,6 +44,7 @@ from kernels._triton._common import (
     split_geometry,
     stats_update,
 )
+from kernels._triton.launch import LOGITS, POW2_SPLITS, KernelLaunch
 
 BLOCK = 2048
 NUM_WARPS = 8
@@ -181,6 +182,14 @@ def em_inf_pass_kernel(
     tl.store(rec + 3, (bad + 2 * fin).to(tl.float32), mask=do_stats != 0)
 
 
+PASS = KernelLaunch(
+    em_inf_pass_kernel, num_warps=NUM_WARPS,
+    pointers={"x_ptr": LOGITS, "out_ptr": LOGITS, "valid_ptr": "i8", "part_ptr": "fp32", "rows_ptr": "fp32"},
+    scalars={"lr_bits": "i64", "kl_weight": "fp32", "threshold": "fp32"},
+    constexprs={"BLOCK": (BLOCK,), "NSPLIT_P2": POW2_SPLITS, "HAS_KL": (False, True)}, sizes=("NSPLIT_P2",),
+)
+
+
 def em_inf(
     logits: torch.Tensor,
     lr: float,
@@ -202,25 +211,8 @@ def em_inf(
     part = torch.empty(batch, steps, nsplit, 4, dtype=torch.float32, device=x.device)
     rows = torch.empty(batch, steps, 2, dtype=torch.float32, device=x.device)
     for p in range(steps + 1):
-        em_inf_pass_kernel[(batch, nsplit)](
-            x,
-            out,
-            valid,
-            part,
-            rows,
-            x.stride(0),
-            out.stride(0),
-            vocab,
-            chunk,
-            nsplit,
-            p,
-            steps,
-            f64_bits(lr),
-            float(kl_weight),
-            float(threshold),
-            BLOCK=BLOCK,
-            NSPLIT_P2=next_pow2(nsplit),
-            HAS_KL=kl_weight != 0.0,
-            num_warps=NUM_WARPS,
+        PASS[(batch, nsplit)](
+            x, out, valid, part, rows, x.stride(0), out.stride(0), vocab, chunk, nsplit, p, steps, f64_bits(lr),
+            float(kl_weight), float(threshold), BLOCK=BLOCK, NSPLIT_P2=next_pow2(nsplit), HAS_KL=kl_weight != 0.0,
         )
     return out, valid.view(torch.bool)

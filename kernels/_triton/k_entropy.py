@@ -20,6 +20,7 @@ from kernels._triton._common import (
     split_geometry,
     stats_update,
 )
+from kernels._triton.launch import LOGITS, POW2_SPLITS, KernelLaunch
 
 # 4096 elements over 8 warps: 16 per thread, i.e. 16-byte vector loads for bf16 / fp16 and two for fp32.
 BLOCK = 4096
@@ -68,14 +69,19 @@ def merge_kernel(part_ptr, h_ptr, NSPLIT, NSPLIT_P2: tl.constexpr):
     tl.store(h_ptr + b, tl.where(valid, h, float("nan")))
 
 
+ROW_STATS = KernelLaunch(row_stats_kernel, num_warps=NUM_WARPS,
+                         pointers={"x_ptr": LOGITS, "part_ptr": "fp32", "h_ptr": "fp32"},
+                         constexprs={"BLOCK": (BLOCK,), "DIRECT": (False, True)})
+MERGE = KernelLaunch(merge_kernel, num_warps=1, pointers={"part_ptr": "fp32", "h_ptr": "fp32"},
+                     constexprs={"NSPLIT_P2": POW2_SPLITS}, sizes=("NSPLIT_P2",))
+
+
 def row_partials(x: torch.Tensor, nsplit: int, chunk: int, block: int = BLOCK) -> torch.Tensor:
     """Launch the split streaming pass with a given geometry (chunk a multiple of block); returns the partial
     records part [B, nsplit, 4] fp32. Adaptive temperature reuses it with its own split geometry."""
     batch, vocab = x.shape
     part = torch.empty(batch, nsplit, 4, dtype=torch.float32, device=x.device)
-    row_stats_kernel[(batch, nsplit)](
-        x, part, part, x.stride(0), vocab, chunk, nsplit, BLOCK=block, DIRECT=False, num_warps=NUM_WARPS
-    )
+    ROW_STATS[(batch, nsplit)](x, part, part, x.stride(0), vocab, chunk, nsplit, BLOCK=block, DIRECT=False)
     return part
 
 
@@ -88,10 +94,8 @@ def entropy(logits: torch.Tensor, num_splits: int | None = None) -> torch.Tensor
         return h
     nsplit, chunk = split_geometry(batch, vocab, BLOCK, x.device, num_splits)
     if nsplit == 1:
-        row_stats_kernel[(batch, 1)](
-            x, h, h, x.stride(0), vocab, chunk, 1, BLOCK=BLOCK, DIRECT=True, num_warps=NUM_WARPS
-        )
+        ROW_STATS[(batch, 1)](x, h, h, x.stride(0), vocab, chunk, 1, BLOCK=BLOCK, DIRECT=True)
         return h
     part = row_partials(x, nsplit, chunk)
-    merge_kernel[(batch,)](part, h, nsplit, NSPLIT_P2=next_pow2(nsplit), num_warps=1)
+    MERGE[(batch,)](part, h, nsplit, NSPLIT_P2=next_pow2(nsplit))
     return h

@@ -33,6 +33,7 @@ import triton
 import triton.language as tl
 
 from kernels._triton._common import next_pow2, stats_update, to_dtype_rne
+from kernels._triton.launch import LOGITS, KernelLaunch
 from kernels.fused_linear import incoming_grads, save_context
 from kernels.reference_fused import IGNORE_INDEX
 
@@ -119,8 +120,27 @@ def _bwd_chunk_kernel(
         tl.store(row + idx, to_dtype_rne(dz * inv_t, x_ptr.dtype.element_ty), mask=msk)
 
 
+_BLOCKS = tuple(1 << i for i in range(MAX_BLOCK.bit_length()))  # next_pow2 of a vocabulary chunk, capped
+_ROW_STATS = ("m_ptr", "s_ptr", "t_ptr", "zy_ptr", "lse_ptr", "mean_z_ptr", "ent_ptr", "lp_ptr")
+FWD = KernelLaunch(_fwd_chunk_kernel, num_warps=NUM_WARPS,
+                   pointers={"x_ptr": LOGITS, "tgt_ptr": "i64", **{p: "fp32" for p in _ROW_STATS}},
+                   scalars={"inv_t": "fp32"},
+                   constexprs={"IGNORE": (IGNORE_INDEX,), "HAS_TGT": (False, True), "FIRST": (False, True),
+                               "LAST": (False, True), "BLOCK": _BLOCKS}, sizes=("BLOCK",))
+BWD = KernelLaunch(_bwd_chunk_kernel, num_warps=NUM_WARPS,
+                   pointers={"x_ptr": LOGITS, "tgt_ptr": "i64",
+                             **{p: "fp32" for p in ("lse_ptr", "mean_z_ptr", "g_ent_ptr", "g_lp_ptr")}},
+                   scalars={"inv_t": "fp32"}, constexprs={"HAS_TGT": (False, True), "BLOCK": _BLOCKS},
+                   sizes=("BLOCK",))
+
+
 def _block(v_len: int) -> int:
     return min(MAX_BLOCK, next_pow2(v_len))
+
+
+def _no_targets(device: torch.device) -> torch.Tensor:
+    """The targets pointer when there are none (HAS_TGT=False never reads it), typed as the description says."""
+    return torch.empty(1, dtype=torch.int64, device=device)
 
 
 def _mm(a: torch.Tensor, b_t: torch.Tensor, buf: torch.Tensor) -> torch.Tensor:
@@ -143,7 +163,7 @@ class FusedLinearEntropyTriton(torch.autograd.Function):
         # running stats between vocabulary chunks; with one vocabulary chunk they are never read
         m, s, t, zy = (torch.empty(n_tok, **f32) for _ in range(4))
         has_tgt = targets is not None
-        tgt = targets if has_tgt else lse  # any pointer: HAS_TGT=False never reads it
+        tgt = targets if has_tgt else _no_targets(dev)
         buf = torch.empty(min(chunk_tokens, max(n_tok, 1)) * min(chunk_vocab, vocab), dtype=hidden.dtype, device=dev)
         block = _block(min(chunk_vocab, vocab))
         for t0 in range(0, n_tok, chunk_tokens):
@@ -152,11 +172,10 @@ class FusedLinearEntropyTriton(torch.autograd.Function):
             for v0 in range(0, vocab, chunk_vocab):
                 v1 = min(v0 + chunk_vocab, vocab)
                 x = _mm(h, weight[v0:v1], buf)
-                _fwd_chunk_kernel[(t1 - t0,)](
+                FWD[(t1 - t0,)](
                     x, x.stride(0), v1 - v0, v0, t0, inv_t,
                     tgt, m, s, t, zy, lse, mean_z, ent, logprob,
                     IGNORE=IGNORE_INDEX, HAS_TGT=has_tgt, FIRST=v0 == 0, LAST=v1 == vocab, BLOCK=block,
-                    num_warps=NUM_WARPS,
                 )
         save_context(ctx, hidden, weight, targets, lse, mean_z, logprob, temperature, chunk_tokens, chunk_vocab)
         return ent, logprob
@@ -172,7 +191,7 @@ class FusedLinearEntropyTriton(torch.autograd.Function):
         f32 = dict(dtype=torch.float32, device=dev)
         g_ent, g_lp = incoming_grads(g_ent, g_lp, targets, n_tok, dev)
         has_tgt = targets is not None
-        tgt = targets if has_tgt else lse
+        tgt = targets if has_tgt else _no_targets(dev)
         grad_h = torch.zeros(hidden.shape, **f32) if need_h else None
         grad_w = torch.zeros(weight.shape, dtype=dtype, device=dev) if need_w else None
         if not (need_h or need_w) or n_tok == 0:
@@ -192,10 +211,8 @@ class FusedLinearEntropyTriton(torch.autograd.Function):
                 t1 = min(t0 + chunk_tokens, n_tok)
                 h = hidden[t0:t1]
                 x = _mm(h, w, buf)
-                _bwd_chunk_kernel[(t1 - t0,)](
-                    x, x.stride(0), v1 - v0, v0, t0, inv_t,
-                    tgt, lse, mean_z, g_ent, g_lp,
-                    HAS_TGT=has_tgt, BLOCK=block, num_warps=NUM_WARPS,
+                BWD[(t1 - t0,)](
+                    x, x.stride(0), v1 - v0, v0, t0, inv_t, tgt, lse, mean_z, g_ent, g_lp, HAS_TGT=has_tgt, BLOCK=block,
                 )
                 if need_h:
                     if dtype == torch.float32:

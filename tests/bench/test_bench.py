@@ -27,7 +27,7 @@ def quick_run(tmp_path_factory):
 def test_results_have_every_section_and_plot(quick_run):
     out, results, stdout = quick_run
     assert results["device"]["type"] == "cpu" and results["model"] == "tiny-random"
-    for name in ("kernels", "decoding", "training"):
+    for name in ("kernels", "decoding", "training", "compile"):
         assert name in results and (out / f"{name}.png").stat().st_size > 1000
     assert "| strategy |" in stdout and (out / "results.md").read_text().startswith("# Benchmark")
 
@@ -111,3 +111,18 @@ def test_compare_shows_ratios(quick_run, tmp_path):
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "| 2.00 |" in proc.stdout and "| em_inf |" in proc.stdout
+
+
+def test_compile_section_reports_every_configuration(quick_run):
+    from kernels._triton.aot import configurations
+
+    _, results, _ = quick_run
+    c = results["compile"]
+    assert c["archs"] == [90] and c["configurations"] == len(configurations((90,)))
+    for row in c["rows"]:
+        assert row["registers"] > 0 and row["spill_stores"] == 0 and 0 < row["occupancy"] <= 1
+    assert {t["target"] for t in c["targets"]} == {"sm_90 compile errors", "sm_90 configurations with spills",
+                                                     "sm_90 configurations over the shared-memory limit"}
+    assert all(t["met"] for t in c["targets"])
+    assert "| kernel | configuration | arch | regs |" in (results_md := (quick_run[0] / "results.md").read_text())
+    assert "em_inf_pass_kernel" in results_md
