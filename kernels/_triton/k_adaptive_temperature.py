@@ -48,11 +48,16 @@ for G = min(ceil(max_iter / 3), 4) groups. Rows still unfinished after 12 levels
 one-program-per-row kernel that runs the remaining levels in an in-kernel loop. Large batches (one program per row
 fills the GPU) run the whole algorithm in that single kernel: one launch. No path synchronises with the host.
 
-Status: this restructured version has only been run under the Triton interpreter (TRITON_INTERPRET=1, CPU tensors);
-no GPU was available when it was written, so it has not been compiled for CUDA and nothing here is a GPU
-measurement (sweep counts are counts, not timings). On the interpreter test data its T equals the reference's and
-the previous version's on every row, open rows included. `sweep_counts` (an optional int32 [B] output) reports
-each row's sweeps as the kernels count them; tests check the bound above with it.
+On a GPU. The compiled code (PTX for sm_90, kernels._triton.aot) computes exp as ex2.approx.f32 of x * log2(e)
+(relative error about 2^-22 + |x| 2^-24: under 12 ulps for the terms that carry the sums, |y - max| <= 20), log
+through libdevice's polynomial (about 1 ulp), `/` as div.full.f32 (2 ulps), and the midpoints, brackets and
+decisions in float64 (add/mul/div.rn/setp .f64), as the interpreter does. Those per-element errors stay inside the
+64-ulp allowance of `bracket_params`, so a bracket decision is still the reference's. The exact sweep of an open row
+is no longer bit-identical to torch's expf/logf, though, so on a GPU a row whose decision lies within a few fp32 ulps
+of a boundary can get a different T than the reference (the CUDA tests allow batch // 32 such rows). `sweep_counts`
+(an optional int32 [B] output) reports each row's sweeps as the kernels count them, and tests check the bound above
+with it. The kernels ran once on an H100 (bench/results/h100-first-run.md: 0.46 ms at [64, 151936] fp32, 6% of HBM
+bandwidth, so bound by compute). Their CUDA parity tests have not yet completed on a GPU.
 """
 
 from __future__ import annotations
