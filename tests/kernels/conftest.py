@@ -28,3 +28,22 @@ def _near_boundary_args(z0, case: str, gap: float) -> tuple:
 @pytest.fixture
 def near_boundary_args():
     return _near_boundary_args
+
+
+@pytest.fixture
+def sm90_exp(monkeypatch):
+    """Triton's interpreter computing fp32 exp as the compiled sm_90 code does (kernels._triton.aot's PTX):
+    ex2.approx.f32 of fp32(x * log2 e). Rounding the argument costs up to |x| 2^-24 relative, more than ex2.approx's
+    own ~2^-22 for |x| > 4, so the emulation is the exact 2^y of the rounded argument. Lets the interpreter tests see
+    the GPU's exp error, a few ulps where numpy's is under one."""
+    import numpy as np
+    from triton.runtime import interpreter
+
+    log2e = np.float32(1.4426950408889634)
+
+    def exp(x):
+        if x.dtype != np.float32:
+            return np.exp(x)
+        return np.exp2((x * log2e).astype(np.float32).astype(np.float64)).astype(np.float32)
+
+    monkeypatch.setattr(interpreter.InterpreterBuilder, "create_exp", lambda self, arg: self.unary_op(arg, exp))

@@ -123,6 +123,49 @@ def check_adaptive(out, temps, valid, ref, logits):
     assert torch.equal(out.cpu().float().isnan(), ref_out.cpu().float().isnan())
 
 
+def check_em_inf_vs_fp64(out, valid, logits, params=(0.1, 3, 0.05, 0.3)):
+    """EM-INF held to the float64 oracle (the reference's own loop run in float64): per row, no less accurate than
+    the fp32 reference, up to one rounding of the output dtype.
+
+    At the real vocabulary the fp32 reference is not an oracle: on near-uniform rows the gradient -q (log q + H)
+    cancels to ~1e-3 while H, a sum over 151936 terms, carries fp32 errors of ~1e-5, and the reference lands up to
+    0.1 away from the float64 trajectory (mean 4e-4), the kernel up to 0.025 (mean 3e-5; measured in the
+    interpreter, where the same comparison against the fp32 reference fails). Elements whose float64 trajectory
+    passes within `band` of that cancellation are decided by rounding in any fp32 implementation (Adam's first step
+    is about lr * sign(g)): they are held to the Adam displacement bound only, and to the mean over the row.
+    """
+    lr, steps, kl_weight, threshold = params
+    ref_out, ref_valid = reference.em_inf(logits, *params)
+    assert torch.equal(valid.cpu(), ref_valid.cpu())
+    out, ref_out, logits = out.cpu(), ref_out.cpu(), logits.cpu()
+    int_view = {1: torch.uint8, 2: torch.int16, 4: torch.int32}[out.element_size()]
+    band = 1e-4 * max(1.0, logits.shape[1] / 4096) ** 0.5  # fp32 error of log q + H grows with the row sum
+    for b in range(logits.shape[0]):
+        if not ref_valid[b]:
+            assert torch.equal(out[b].view(int_view), logits[b].view(int_view))
+            continue
+        with torch.enable_grad():
+            path = [reference._em_inf_row(logits[b].double(), lr, k, kl_weight, threshold) for k in range(steps + 1)]
+        exact = path[-1]
+        fin = torch.isfinite(exact)
+        assert torch.equal(torch.isneginf(out[b]), ~fin), "masked entries must stay -inf and only those"
+        ill = torch.zeros_like(fin)
+        for zk in path[:-1]:
+            log_q = torch.log_softmax(zk, dim=-1)
+            ill |= (log_q + reference.entropy(zk[None].float()).double()).abs() < band
+        o, r, x, ill = out[b][fin].double(), ref_out[b][fin].double(), exact[fin], ill[fin]
+        rounding = ULP[logits.dtype] * x.abs()  # the output dtype's own rounding of the exact value
+        err, ref_err = (o - x).abs(), (r - x).abs()
+        assert err.mean() <= 2 * ref_err.mean() + rounding.mean() + 1e-7, (b, err.mean(), ref_err.mean())
+        assert (err[ill] <= 2 * lr * steps).all(), b
+        well = ~ill
+        if well.any():
+            assert err[well].max() <= 4 * ref_err[well].max() + 2 * rounding[well].max() + 5e-5, (
+                b, err[well].max(), ref_err[well].max())
+        h = [float(reference.entropy(v[None].float())[0]) for v in (out[b], ref_out[b], exact)]
+        assert abs(h[0] - h[2]) <= 2 * abs(h[1] - h[2]) + 1e-4 * (1 + abs(h[2])), (b, h)
+
+
 def reference_path(z, tmin, tmax, max_iter, tol, target_ratio, threshold):
     """The reference's bisection on one row: (H_eps(T=1), [(midpoint, H_eps there), ...] in the order evaluated)."""
     z = z.float()
@@ -337,6 +380,25 @@ class TestInterpreter:
         out, temps, valid = _triton.adaptive_temperature(z, 0.01, 1.0, 100, 0.1, 0.85, 1e-5)
         assert out.shape == (0, 100) and temps.shape == (0,) and valid.shape == (0,)
 
+    @pytest.mark.slow
+    @pytest.mark.parametrize("exp", ["numpy", "sm90"])
+    @pytest.mark.parametrize("kind", ["randn", "near_uniform"])
+    def test_em_inf_at_the_real_vocabulary_against_float64(self, kind, exp, request):
+        # the fp32 reference is off by up to 0.1 on near-uniform rows at V = 151936 (see check_em_inf_vs_fp64);
+        # "sm90": with the compiled kernel's exp error (the sm90_exp fixture), as the CUDA tests will see it
+        if exp == "sm90":
+            request.getfixturevalue("sm90_exp")
+        z = make_rows(2, 151936, kind, torch.float32)
+        out, valid = _triton.em_inf(z, 0.1, 3, 0.05, 0.3)
+        check_em_inf_vs_fp64(out, valid, z)
+
+    @pytest.mark.slow
+    def test_adaptive_temperature_with_the_gpus_exp_keeps_the_reference_t(self, sm90_exp):
+        # the brackets' rounding margin (bracket_params) must absorb ex2.approx's error: T stays the reference's
+        z = make_rows(3, 151936, "randn", torch.float32) * torch.tensor([0.5, 1.0, 2.0])[:, None]
+        args = (0.01, 1.0, 100, 0.1, 0.85, 1e-5)
+        check_adaptive(*_triton.adaptive_temperature(z, *args), reference.adaptive_temperature(z, *args), z)
+
     def test_row_strided_view_is_not_copied_wrongly(self):
         base = make_rows(3, 2000, "randn", torch.float32)
         z = base[:, 500:1500]  # stride(0) = 2000
@@ -367,13 +429,13 @@ class TestCuda:
     def test_em_inf(self, batch, vocab, dtype, kind):
         z = make_rows(batch, vocab, kind, dtype, device="cuda")
         out, valid = _triton.em_inf(z, 0.1, 3, 0.05, 0.3)
-        check_em_inf(out, valid, *reference.em_inf(z, 0.1, 3, 0.05, 0.3), z)
+        check_em_inf_vs_fp64(out, valid, z)
 
     @pytest.mark.parametrize("dtype", DTYPES)
     def test_em_inf_bad_rows(self, dtype):
         z = bad_rows(151936, dtype, device="cuda")
         out, valid = _triton.em_inf(z, 0.1, 3, 0.05, 0.3)
-        check_em_inf(out, valid, *reference.em_inf(z, 0.1, 3, 0.05, 0.3), z)
+        check_em_inf_vs_fp64(out, valid, z)
 
     @pytest.mark.parametrize("batch", [1, 3, 64])
     @pytest.mark.parametrize("vocab", [1000, 151936])
