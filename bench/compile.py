@@ -23,15 +23,14 @@ def run(device: torch.device, quick: bool = False, progress: bool = True) -> dic
     archs = (90,) if quick else tuple(sorted(set(DEFAULT_ARCHS) | set(available_archs())))
     result = compile_all(archs, progress=progress)
     rows = result["rows"]
-    by_arch = {a: [r for r in rows if r["arch"] == a] for a in archs}
+    # one target per kind of problem kernels._triton.aot.problems reports, per architecture
+    kinds = (("compile errors", "compile error"), ("configurations without a ptxas report", "no ptxas report"),
+             ("configurations with spills", "spills"),
+             ("configurations over the shared-memory limit", "shared memory"))
     targets = []
-    for arch, arch_rows in by_arch.items():
-        for what, bad in (("compile errors", lambda r: "error" in r),
-                          ("configurations with spills", lambda r: (r.get("spill_stores") or 0) > 0
-                           or (r.get("spill_loads") or 0) > 0),
-                          ("configurations over the shared-memory limit",
-                           lambda r: any(p.startswith("shared memory") for p in r["problems"]))):
-            n = sum(1 for r in arch_rows if bad(r))
+    for arch in archs:
+        for what, prefix in kinds:
+            n = sum(1 for r in rows if r["arch"] == arch and any(p.startswith(prefix) for p in r["problems"]))
             targets.append({"target": f"sm_{arch} {what}", "value": n, "goal": 0, "met": n == 0})
     return {"triton": result["triton"], "archs": list(archs), "configurations": result["configurations"],
             "compile_seconds": result["seconds"], "rows": rows, "targets": targets}

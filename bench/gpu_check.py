@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import signal
 import subprocess
@@ -36,6 +35,7 @@ from pathlib import Path
 import torch
 
 from bench.timing import measure, synchronize
+from kernels._triton.aot import occupancy
 
 REPO = Path(__file__).resolve().parent.parent
 # Seconds per step, in the order run: the whole check stays under 8 minutes on one H100 even when every step runs
@@ -166,24 +166,20 @@ def _resource_row(module: str, name: str, kernel, props) -> dict:
     constants = {}
     for key, value in (getattr(src, "constants", None) or {}).items():  # keys are (argument index,) paths
         index = key[0] if isinstance(key, tuple) and len(key) == 1 else None
-        name = names[index] if index is not None and index < len(names) else str(key)
-        if name.isupper():  # the kernels' own constexprs; lower-case ones are arguments Triton specialised to 1
-            constants[name] = str(value)
+        arg = names[index] if index is not None and index < len(names) else str(key)
+        if arg.isupper():  # the kernels' own constexprs; lower-case ones are arguments Triton specialised to 1
+            constants[arg] = str(value)
     signature = {str(k): str(v) for k, v in (getattr(src, "signature", None) or {}).items()}
     pointer_types = sorted({v for v in signature.values() if v.startswith("*")})
-    # Occupancy from registers (allocated per warp in units of 256) and shared memory, as the CUDA calculator does.
-    regs_per_warp = math.ceil(max(regs, 1) * 32 / 256) * 256
-    by_regs = props.regs_per_multiprocessor // (regs_per_warp * warps) if regs_per_warp else 0
     shared = int(getattr(meta, "shared", 0))
-    smem_limit = getattr(props, "shared_memory_per_multiprocessor", 0)
-    by_smem = smem_limit // shared if shared else 10**6
-    max_warps = props.max_threads_per_multi_processor // 32
-    blocks = min(by_regs, by_smem, max_warps // warps, 32)
+    arch = {"regs_sm": props.regs_per_multiprocessor, "smem_sm": props.shared_memory_per_multiprocessor,
+            "warps_sm": props.max_threads_per_multi_processor // 32}
+    occ = occupancy(regs, warps, shared, arch)
     return {
         "module": module, "kernel": name, "num_warps": warps, "num_stages": int(getattr(meta, "num_stages", 0)),
         "constants": constants, "pointer_types": pointer_types, "registers": regs,
         "spill_bytes": int(kernel.n_spills) * 4,  # Triton reports the local memory size in 4-byte words
-        "shared_bytes": shared, "blocks_per_sm": blocks, "occupancy": blocks * warps / max_warps,
+        "shared_bytes": shared, **occ,
     }
 
 

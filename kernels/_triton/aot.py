@@ -113,21 +113,20 @@ def compile_one(job: dict) -> dict:
         values = [int(v) for v in pattern.findall(text)]
         row[key] = max(values) if values else None
     row["shared_bytes"] = int(getattr(compiled.metadata, "shared", 0))
-    row.update(_occupancy(row, ARCHS[job["arch"]]))
+    if row["registers"]:
+        row.update(occupancy(row["registers"], row["num_warps"], row["shared_bytes"], ARCHS[job["arch"]]))
     row["problems"] = problems(row)
     return row
 
 
-def _occupancy(row: dict, arch: dict) -> dict:
-    regs = row.get("registers")
-    if not regs:
-        return {}
-    warps = row["num_warps"]
-    regs_per_warp = math.ceil(regs * 32 / 256) * 256  # registers are allocated per warp in units of 256
-    by_regs = arch["regs_sm"] // (regs_per_warp * warps)
-    by_smem = arch["smem_sm"] // row["shared_bytes"] if row["shared_bytes"] else 32
-    blocks = min(by_regs, by_smem, arch["warps_sm"] // warps, 32)
-    return {"blocks_per_sm": blocks, "occupancy": round(blocks * warps / arch["warps_sm"], 3)}
+def occupancy(registers: int, num_warps: int, shared_bytes: int, arch: dict) -> dict:
+    """Blocks and the fraction of warp slots per SM that a kernel's registers and shared memory allow, as the CUDA
+    occupancy calculator counts them. arch: regs_sm, smem_sm, warps_sm (ARCHS, or read off a device)."""
+    regs_per_warp = math.ceil(max(registers, 1) * 32 / 256) * 256  # allocated per warp in units of 256
+    by_regs = arch["regs_sm"] // (regs_per_warp * num_warps)
+    by_smem = arch["smem_sm"] // shared_bytes if shared_bytes else 32
+    blocks = min(by_regs, by_smem, arch["warps_sm"] // num_warps, 32)
+    return {"blocks_per_sm": blocks, "occupancy": round(blocks * num_warps / arch["warps_sm"], 3)}
 
 
 def problems(row: dict) -> list[str]:

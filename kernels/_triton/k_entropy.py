@@ -76,12 +76,12 @@ MERGE = KernelLaunch(merge_kernel, num_warps=1, pointers={"part_ptr": "fp32", "h
                      constexprs={"NSPLIT_P2": POW2_SPLITS}, sizes=("NSPLIT_P2",))
 
 
-def row_partials(x: torch.Tensor, nsplit: int, chunk: int, block: int = BLOCK) -> torch.Tensor:
-    """Launch the split streaming pass with a given geometry (chunk a multiple of block); returns the partial
-    records part [B, nsplit, 4] fp32. Adaptive temperature reuses it with its own split geometry."""
+def row_partials(x: torch.Tensor, nsplit: int, chunk: int) -> torch.Tensor:
+    """Launch the split streaming pass with a given geometry (chunk a multiple of BLOCK); returns the partial
+    records part [B, nsplit, 4] fp32."""
     batch, vocab = x.shape
     part = torch.empty(batch, nsplit, 4, dtype=torch.float32, device=x.device)
-    ROW_STATS[(batch, nsplit)](x, part, part, x.stride(0), vocab, chunk, nsplit, BLOCK=block, DIRECT=False)
+    ROW_STATS[(batch, nsplit)](x, part, part, x.stride(0), vocab, chunk, nsplit, BLOCK=BLOCK, DIRECT=False)
     return part
 
 

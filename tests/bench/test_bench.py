@@ -122,6 +122,7 @@ def test_compile_section_reports_every_configuration(quick_run):
     for row in c["rows"]:
         assert row["registers"] > 0 and row["spill_stores"] == 0 and 0 < row["occupancy"] <= 1
     assert {t["target"] for t in c["targets"]} == {"sm_90 compile errors", "sm_90 configurations with spills",
+                                                     "sm_90 configurations without a ptxas report",
                                                      "sm_90 configurations over the shared-memory limit"}
     assert all(t["met"] for t in c["targets"])
     assert "| kernel | configuration | arch | regs |" in (results_md := (quick_run[0] / "results.md").read_text())
