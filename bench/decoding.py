@@ -41,7 +41,8 @@ import torch
 from tqdm import tqdm
 
 from bench.timing import measure
-from engine.strategies import HF_BATCH_SIZE, STRATEGIES, Generator
+from engine.backends import HF_BATCH_SIZE
+from engine.strategies import STRATEGIES, Generator
 from evals.tasks import get_task
 
 TASKS = ("gsm8k", "math500")
@@ -180,7 +181,7 @@ def _authors_em_inf(gen: Generator, prompts: list, max_tokens: int, device: torc
     for i, prompt in enumerate(tqdm(prompts, desc="authors' EM-INF (HF, batch 1)", disable=not progress)):
         ids = tokenizer(gen.format_prompt(prompt), return_tensors="pt", add_special_tokens=False).input_ids.to(device)
         processors = LogitsProcessorList([
-            EMInfLogitsProcessor(0.1, EM_INF_STEPS, 0.05, 0.3, reference=True),
+            EMInfLogitsProcessor(steps=EM_INF_STEPS, reference=True),
             *authors_logits_processor(model.generation_config, TEMPERATURE),
             SeededSamplingLogitsProcessor([i], min_prob=1e-9, device=device),
         ])

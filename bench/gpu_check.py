@@ -233,9 +233,11 @@ def decode_throughput(device: torch.device, config: dict, batches: tuple[int, ..
     twice, fastest kept. Also the op's and the HF processor's own milliseconds per step on [batch, V] logits."""
     from transformers import AutoModelForCausalLM, Qwen2Config
 
+    from engine.backends import HFBackend, Request
     from engine.hf_processors import EMInfLogitsProcessor
-    from engine.strategies import HFBackend, Request, resolve_mode_params
+    from engine.strategies import resolve_mode_params
     from kernels import em_inf
+    from kernels.params import EM_INF
 
     torch.manual_seed(0)
     cfg = Qwen2Config(**config)
@@ -243,7 +245,7 @@ def decode_throughput(device: torch.device, config: dict, batches: tuple[int, ..
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
     vocab = cfg.vocab_size
     _, em_params = resolve_mode_params("em_inf", {"em_steps": EM_INF_STEPS})
-    op_args = {k.removeprefix("em_"): v for k, v in em_params.items()}
+    op_args = EM_INF.from_request(em_params)
     g = torch.Generator().manual_seed(0)
     prompts = [torch.randint(10, vocab - 10, (prompt_tokens,), generator=g).tolist() for _ in range(max(batches))]
     modes = {"sampling": (None, {}), "em_inf": ("em_inf", em_params)}

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from bench.timing import measure_interleaved, memory_bandwidth
 from kernels import reference
+from kernels.params import ADAPTIVE_TEMPERATURE, EM_INF
 
 VOCAB = 151936  # Qwen2.5's vocabulary: the paper's models
 
@@ -28,13 +29,16 @@ class Case:
     bytes_per_element: int  # floor of elements moved per logit: 1 read (+ 1 write)
 
 
+def _settings(mode, **changes) -> tuple[tuple[str, object], ...]:
+    """Every parameter of the mode at its schema default, except ``changes``."""
+    return tuple({**mode.defaults(), **changes}.items())
+
+
 CASES = (
     Case("entropy", "entropy", (), 1),
-    Case("em_inf", "em_inf[steps=3]", (("lr", 0.1), ("steps", 3), ("kl_weight", 0.05), ("threshold", 0.3)), 2),
-    Case("em_inf", "em_inf[steps=10]", (("lr", 0.1), ("steps", 10), ("kl_weight", 0.05), ("threshold", 0.3)), 2),
-    Case("adaptive_temperature", "adaptive_temperature", (("tmin", 0.01), ("tmax", 1.0), ("max_iter", 100),
-                                                          ("tol", 0.1), ("target_ratio", 0.85),
-                                                          ("threshold", 1e-5)), 2),
+    Case("em_inf", "em_inf[steps=3]", _settings(EM_INF, steps=3), 2),
+    Case("em_inf", "em_inf[steps=10]", _settings(EM_INF, steps=10), 2),
+    Case("adaptive_temperature", "adaptive_temperature", _settings(ADAPTIVE_TEMPERATURE), 2),
 )
 
 

@@ -12,9 +12,32 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
-from engine.strategies import ADAPTIVE_T_DEFAULTS, EM_INF_DEFAULTS, STRATEGIES
+from engine.strategies import STRATEGIES
+from kernels.params import MODES, add_cli_flags, cli_values
+
+# The last \boxed{...}, allowing one level of nested braces (\boxed{\frac{1}{2}}): the paper's answer format.
+ANSWER_PATTERN = r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}"
+
+
+def _last_match(pattern: str):
+    try:
+        regex = re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"--answer-pattern is not a valid regular expression: {exc}") from None
+    if regex.groups < 1:
+        raise ValueError(f"--answer-pattern must have a group (the answer), got {pattern!r}")
+
+    def answer(text: str) -> str | None:
+        matches = regex.findall(text)
+        if not matches:
+            return None
+        last = matches[-1]
+        return (last[0] if isinstance(last, tuple) else last).strip()
+
+    return answer
 
 
 def _generate_parser() -> argparse.ArgumentParser:
@@ -32,11 +55,12 @@ def _generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-model-len", type=int, default=4096)
     p.add_argument("--dtype", default=None)
     p.add_argument("--device", default=None)
-    p.add_argument("--em-mode", choices=("em_inf", "adaptive_temperature"), default=None,
+    p.add_argument("--em-mode", choices=tuple(MODES), default=None,
                    help="EM mode under self_consistency / iterative_refinement")
-    for key, default in {**EM_INF_DEFAULTS, **ADAPTIVE_T_DEFAULTS}.items():
-        p.add_argument("--" + key.replace("_", "-"), dest=key, type=type(default), default=None,
-                       help=f"default {default}")
+    p.add_argument("--answer-pattern", default=ANSWER_PATTERN,
+                   help="self_consistency votes on the last match of this regex's group 1 in each sample "
+                        "(default: the last \\boxed{...})")
+    add_cli_flags(p)
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -47,7 +71,7 @@ def generate_main(argv: list[str]) -> int:
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     from engine.strategies import Generator
 
-    params = {k: getattr(args, k) for k in (*EM_INF_DEFAULTS, *ADAPTIVE_T_DEFAULTS) if getattr(args, k) is not None}
+    params = cli_values(args)
     if args.em_mode:
         params["em_mode"] = args.em_mode
     prompts: list = list(args.prompt)
@@ -62,7 +86,9 @@ def generate_main(argv: list[str]) -> int:
         return 2
     try:
         results = gen.generate(prompts, args.strategy, temperature=args.temperature, max_tokens=args.max_tokens,
-                               seed=args.seed, n=args.n, params=params or None, progress=not args.no_progress)
+                               seed=args.seed, n=args.n, params=params or None, progress=not args.no_progress,
+                               answer_fn=_last_match(args.answer_pattern) if args.strategy == "self_consistency"
+                               else None)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -3,7 +3,7 @@ sampler, and a *reference mode* that reproduces the authors' HF sampler step exa
 
 Our path (what ``engine.strategies`` uses on the HF backend)::
 
-    processors = LogitsProcessorList([EMInfLogitsProcessor(lr=0.1, steps=3, kl_weight=0.05, threshold=0.3),
+    processors = LogitsProcessorList([EMInfLogitsProcessor(steps=5),  # others at defaults
                                       TemperatureLogitsWarper(0.1),
                                       SeededSamplingLogitsProcessor(seeds=[0, 1, 2, 3])])
     model.generate(..., do_sample=False, logits_processor=processors)
@@ -18,8 +18,9 @@ Reference mode (shared/reference/em_pt_semantics.md sections 1.2, 1.3 and bug li
     authors_logits_processor(model.generation_config, temperature)  # rep. penalty, temperature, top-k, top-p (9.3)
     SeededSamplingLogitsProcessor(seeds, min_prob=1e-9)             # the 1e-9 clamp before multinomial (9.2)
 
-and ``authors_sampler_step`` is the whole step as one function. With batch size 1 (the authors' setting) the
-reference EM step equals ``kernels.em_inf``; with B > 1 it differs, because the authors summed over the batch.
+and ``kernels.reference_authors.authors_sampler_step`` is the whole step as one function. With batch size 1 (the
+authors' setting) the reference EM step equals ``kernels.em_inf``; with B > 1 it differs, because the authors
+summed over the batch.
 """
 
 from __future__ import annotations
@@ -40,9 +41,9 @@ from transformers import (
 
 from kernels import adaptive_temperature, em_inf
 from kernels import reference as kernels_reference
-from kernels.ops import check_adaptive_temperature_params, check_em_inf_params
+from kernels.params import ADAPTIVE_TEMPERATURE, EM_INF, MODES
+from kernels.reference_authors import authors_em_inf_step
 
-AUTHORS_PROB_CLAMP = 1e-9  # the authors clamp softmax probabilities to [1e-9, 1] before torch.multinomial
 _HF_446_DEFAULT_TOP_K = 50  # transformers 4.46 (the authors' env) applied top_k=50 when the config left it unset
 
 
@@ -50,66 +51,64 @@ class EMInfLogitsProcessor(LogitsProcessor):
     """EM-INF on the next-token scores: per row, up to ``steps`` Adam steps that lower entropy + kl_weight * KL.
 
     Put it first in the list: it must see the raw logits (T = 1); the temperature comes after it, as in the paper.
-    ``reference=True`` runs the authors' own loop instead (Adam on one Parameter holding the whole [B, V] tensor,
-    entropy and KL summed over the batch): identical to the op for B = 1, batch-coupled otherwise.
-    Hyper-parameters are validated here (ValueError naming the bad one).
+    Hyper-parameters left as None take the schema's defaults (``kernels.params.EM_INF``) and are validated there
+    (ValueError naming the bad one). ``reference=True`` runs the authors' own loop instead (Adam on one Parameter
+    holding the whole [B, V] tensor, entropy and KL summed over the batch): identical to the op for B = 1,
+    batch-coupled otherwise.
     """
 
-    def __init__(
-        self,
-        lr: float = 0.1,
-        steps: int = 3,
-        kl_weight: float = 0.05,
-        threshold: float = 0.3,
-        *,
-        reference: bool = False,
-    ) -> None:
-        self.lr, self.steps, self.kl_weight, self.threshold = check_em_inf_params(lr, steps, kl_weight, threshold)
+    def __init__(self, lr: float | None = None, steps: int | None = None, kl_weight: float | None = None,
+                 threshold: float | None = None, *, reference: bool = False) -> None:
+        given = {"lr": lr, "steps": steps, "kl_weight": kl_weight, "threshold": threshold}
+        self.params = EM_INF.check({k: v for k, v in given.items() if v is not None})
         self.reference = bool(reference)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         if self.reference:
-            return authors_em_inf_step(scores, self.lr, self.steps, self.kl_weight, self.threshold)
+            return authors_em_inf_step(scores, **self.params)
         if torch.is_inference_mode_enabled():
             # The torch-reference fallback of the op uses autograd, which inference tensors cannot enter.
             with torch.inference_mode(False):
-                return em_inf(scores.clone(), self.lr, self.steps, self.kl_weight, self.threshold)
-        return em_inf(scores, self.lr, self.steps, self.kl_weight, self.threshold)
+                return em_inf(scores.clone(), **self.params)
+        return em_inf(scores, **self.params)
 
 
 class AdaptiveTemperatureLogitsProcessor(LogitsProcessor):
     """Adaptive temperature: per row, the authors' bisection for T with H(z / T) ~ target_ratio * H(z); returns z / T.
 
     The paper's scripts sample after it at temperature 1.0 (the request's temperature is ignored there).
+    Hyper-parameters left as None take the schema's defaults (``kernels.params.ADAPTIVE_TEMPERATURE``).
     ``last_temperatures`` holds the [B] fp32 temperatures of the latest call (diagnostics; no host sync is forced).
     ``reference=True`` runs the torch oracle (``kernels.reference``), which is the authors' per-row loop.
     """
 
-    def __init__(
-        self,
-        tmin: float = 0.01,
-        tmax: float = 1.0,
-        max_iter: int = 100,
-        tol: float = 0.1,
-        target_ratio: float = 0.85,
-        threshold: float = 1e-5,
-        *,
-        reference: bool = False,
-    ) -> None:
-        (self.tmin, self.tmax, self.max_iter, self.tol, self.target_ratio, self.threshold) = (
-            check_adaptive_temperature_params(tmin, tmax, max_iter, tol, target_ratio, threshold)
-        )
+    def __init__(self, tmin: float | None = None, tmax: float | None = None, max_iter: int | None = None,
+                 tol: float | None = None, target_ratio: float | None = None, threshold: float | None = None, *,
+                 reference: bool = False) -> None:
+        given = {"tmin": tmin, "tmax": tmax, "max_iter": max_iter, "tol": tol, "target_ratio": target_ratio,
+                 "threshold": threshold}
+        self.params = ADAPTIVE_TEMPERATURE.check({k: v for k, v in given.items() if v is not None})
         self.reference = bool(reference)
         self.last_temperatures: torch.Tensor | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        args = (self.tmin, self.tmax, self.max_iter, self.tol, self.target_ratio, self.threshold)
         if self.reference:
-            out, temps, _ = kernels_reference.adaptive_temperature(scores, *args)
+            out, temps, _ = kernels_reference.adaptive_temperature(scores, **self.params)
         else:
-            out, temps = adaptive_temperature(scores, *args)
+            out, temps = adaptive_temperature(scores, **self.params)
         self.last_temperatures = temps
         return out
+
+
+def em_processor(mode: str | None, request_params: dict[str, float | int]) -> LogitsProcessor | None:
+    """The processor of an EM mode from its flat request keys (``em_lr``...; missing ones at their defaults), or
+    None for no mode: what the HF backend puts first in its processor list."""
+    if mode is None:
+        return None
+    schema = MODES[mode]
+    values = schema.from_request(request_params)
+    cls = EMInfLogitsProcessor if schema is EM_INF else AdaptiveTemperatureLogitsProcessor
+    return cls(**values)
 
 
 class SeededSamplingLogitsProcessor(LogitsProcessor):
@@ -146,34 +145,6 @@ class SeededSamplingLogitsProcessor(LogitsProcessor):
         return out
 
 
-def authors_em_inf_step(
-    logits: torch.Tensor, lr: float = 0.1, steps: int = 3, kl_weight: float = 0.05, threshold: float = 0.3
-) -> torch.Tensor:
-    """The authors' EM-INF optimisation (``ent_sample``), bugs included: returns z_final [B, V] fp32.
-
-    One ``torch.nn.Parameter`` holds the whole [B, V] logits; entropy ``-sum q log(q + 1e-12)`` is summed over the
-    WHOLE tensor (batch and vocabulary) and compared with ``threshold`` before each step; KL is ``kl_div(log q, p0,
-    'batchmean')``; ``torch.optim.Adam(lr)`` with torch defaults. Runs under ``enable_grad`` (generate is no_grad).
-    """
-    # inference_mode(False): generate() may run under inference mode, whose tensors cannot enter autograd.
-    with torch.inference_mode(False), torch.enable_grad():
-        z0 = logits.detach().float().clone()
-        p0 = F.softmax(z0, dim=-1).detach()
-        z = torch.nn.Parameter(z0.clone())
-        opt = torch.optim.Adam([z], lr=lr)
-        for _ in range(steps):
-            q = F.softmax(z, dim=-1)
-            h = -torch.sum(q * torch.log(q + kernels_reference.EM_INF_EPS))
-            if h < threshold:
-                break
-            kl = F.kl_div(torch.log_softmax(z, dim=-1), p0, reduction="batchmean")
-            loss = h + kl_weight * kl
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    return z.detach()
-
-
 def authors_logits_processor(generation_config: GenerationConfig, temperature: float) -> LogitsProcessorList:
     """The processor list the authors' ``ent_sample`` applied after the EM step (em_pt_semantics.md section 1.3).
 
@@ -194,28 +165,3 @@ def authors_logits_processor(generation_config: GenerationConfig, temperature: f
     if top_p is not None and top_p < 1.0:
         processors.append(TopPLogitsWarper(top_p=top_p, min_tokens_to_keep=1))
     return processors
-
-
-def authors_sampler_step(
-    logits: torch.Tensor,
-    input_ids: torch.LongTensor,
-    logits_processor: LogitsProcessorList,
-    *,
-    lr: float = 0.1,
-    steps: int = 3,
-    kl_weight: float = 0.05,
-    threshold: float = 0.3,
-    do_sample: bool = True,
-    generator: torch.Generator | None = None,
-) -> torch.LongTensor:
-    """One decoding step of the authors' sampler: EM step, their processor list, softmax, clamp 1e-9, multinomial.
-
-    logits: [B, V] last-position model logits; input_ids: [B, S] the sequences so far (for repetition penalty).
-    Returns next tokens [B]. ``generator`` None draws from the global RNG, as they did.
-    """
-    z_final = authors_em_inf_step(logits, lr, steps, kl_weight, threshold)
-    scores = logits_processor(input_ids, z_final)
-    if not do_sample:
-        return torch.argmax(scores, dim=-1)
-    probs = F.softmax(scores, dim=-1).clamp(AUTHORS_PROB_CLAMP, 1.0)
-    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)

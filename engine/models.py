@@ -186,9 +186,8 @@ def _tokenizer_corpus() -> Iterator[str]:
     if lines:
         return
     # No benchmark data: the standard library's own sources ship with every Python and are plenty of English+code.
-    import inspect
-
     import argparse
+    import inspect
     import textwrap
     import unittest.case
 

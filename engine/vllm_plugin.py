@@ -17,25 +17,31 @@ Opting in (flat scalar keys; the OpenAI server's ``vllm_xargs`` accepts only str
     SamplingParams(temperature=0.1, extra_args={"em_mode": "em_inf", "em_steps": 5})
     # HTTP: {"prompt": ..., "vllm_xargs": {"em_mode": "adaptive_temperature", "at_target_ratio": 0.8}}
 
-``em_mode``: ``"em_inf"`` (keys ``em_lr``, ``em_steps``, ``em_kl_weight``, ``em_threshold``) or
-``"adaptive_temperature"`` (keys ``at_tmin``, ``at_tmax``, ``at_max_iter``, ``at_tol``, ``at_target_ratio``,
-``at_threshold``). Missing keys take the defaults of :mod:`kernels`. The processor runs before vLLM applies the
-request's temperature / top-k / top-p, which is the paper's order (EM-INF on raw logits, then temperature).
+``em_mode``: ``"em_inf"`` or ``"adaptive_temperature"``; their keys, defaults and ranges are the schema's
+(``kernels.params``: ``em_lr``, ``em_steps``, ``em_kl_weight``, ``em_threshold``; ``at_tmin``, ``at_tmax``,
+``at_max_iter``, ``at_tol``, ``at_target_ratio``, ``at_threshold``). Missing keys take the schema's defaults. A bad
+value is rejected at admission (HTTP 400 naming the key), as is a value above the operator's caps (``EM_MAX_STEPS``,
+``EM_AT_MAX_ITER``; ``python -m engine serve --em-max-steps/--at-max-iter`` sets them). The processor runs before
+vLLM applies the request's temperature / top-k / top-p, which is the paper's order (EM-INF on raw logits, then
+temperature).
+
+Per-request values live in per-slot tensors (as vLLM's built-in min-p processor keeps them), updated only when the
+batch changes; ``apply`` calls each mode's op once for all its rows, with the rows that opted in as a mask and the
+logits updated in place: no gather, no scatter, no host sync, whatever the number of distinct settings.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import weakref
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 import kernels
-from kernels.ops import check_adaptive_temperature_params, check_em_inf_params
+from kernels.ops import bisection_iterations
+from kernels.params import EM_INF, MODES, operator_caps, parse_request
 
 try:
     from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
@@ -61,125 +67,73 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-EM_INF = "em_inf"
-ADAPTIVE_TEMPERATURE = "adaptive_temperature"
-MODE_KEY = "em_mode"
 
-# extra_args key -> (op parameter name, kind). Order = the op's positional order.
-_EM_INF_KEYS: dict[str, tuple[str, type]] = {
-    "em_lr": ("lr", float),
-    "em_steps": ("steps", int),
-    "em_kl_weight": ("kl_weight", float),
-    "em_threshold": ("threshold", float),
-}
-_AT_KEYS: dict[str, tuple[str, type]] = {
-    "at_tmin": ("tmin", float),
-    "at_tmax": ("tmax", float),
-    "at_max_iter": ("max_iter", int),
-    "at_tol": ("tol", float),
-    "at_target_ratio": ("target_ratio", float),
-    "at_threshold": ("threshold", float),
-}
-_MODE_KEYS = {EM_INF: _EM_INF_KEYS, ADAPTIVE_TEMPERATURE: _AT_KEYS}
-# The op defaults (kernels' signatures), so a missing key means exactly what the op means by default.
-_DEFAULTS = {
-    EM_INF: {"lr": 0.1, "steps": 3, "kl_weight": 0.05, "threshold": 0.3},
-    ADAPTIVE_TEMPERATURE: {"tmin": 0.01, "tmax": 1.0, "max_iter": 100, "tol": 0.1, "target_ratio": 0.85,
-                           "threshold": 1e-5},
-}
+class _SlotParams:
+    """One mode's per-slot parameters: host arrays (numpy) and their device copies, rewritten only when the batch
+    changes. ``active[i]``: slot i runs this mode. ``bound``: the host-known bound on the op's loop (the largest
+    ``steps`` / useful bisection iterations among active slots), which sizes the Triton launch set."""
 
-# A request's processing: (mode, *normalised op hyper-parameters). Hashable, so rows are grouped by it.
-RequestKey = tuple
+    def __init__(self, mode, size: int, device: torch.device, pin: bool):
+        self.mode = mode
+        self.device, self.pin = device, pin
+        self.host = {p.name: np.zeros(size, dtype=np.int32 if p.kind is int else np.float32) for p in mode.params}
+        self.active = np.zeros(size, dtype=bool)
+        self.loop_bound = np.zeros(size, dtype=np.int64)
+        self.dev: dict[str, torch.Tensor] = {}
+        self.dev_active = torch.zeros(size, dtype=torch.bool, device=device)
+        self.dirty = True
+        self.upload()
 
+    def set(self, slot: int, values: dict[str, float | int] | None) -> None:
+        if values is None:
+            self.active[slot] = False
+            self.loop_bound[slot] = 0
+        else:
+            for name, v in values.items():
+                self.host[name][slot] = v
+            self.active[slot] = True
+            self.loop_bound[slot] = (values["steps"] if self.mode is EM_INF else
+                                     bisection_iterations(values["tmin"], values["tmax"], values["max_iter"]))
+        self.dirty = True
 
-def _number(key: str, value: Any, kind: type) -> float | int:
-    """A scalar from extra_args as ``kind``: numbers as is, numeric strings parsed (HTTP clients send either)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ValueError(f"{key} must be a number, got {value!r}")
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            raise ValueError(f"{key} must be a number, got {value!r}") from None
-    if kind is int:
-        if isinstance(value, float):
-            if not (math.isfinite(value) and value.is_integer()):
-                raise ValueError(f"{key} must be an integer, got {value!r}")
-            value = int(value)
-        return value
-    return float(value)
+    def upload(self) -> None:
+        """Copy the host arrays to the device (pinned, non-blocking on CUDA): the only host-to-device traffic."""
+        if not self.dirty:
+            return
+        self.dev = {name: self._to_device(a) for name, a in self.host.items()}
+        self.dev_active = self._to_device(self.active)
+        self.dirty = False
 
+    def _to_device(self, a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(a.copy())
+        if self.device.type == "cpu":
+            return t
+        if self.pin:
+            t = t.pin_memory()
+        return t.to(self.device, non_blocking=self.pin)
 
-def parse_request(extra_args: Mapping[str, Any] | None) -> RequestKey | None:
-    """What this processor does for a request with these ``extra_args``: None (nothing) or its RequestKey.
-
-    Raises ValueError naming the offending key for an unknown ``em_mode``, an unknown or misplaced ``em_*`` /
-    ``at_*`` key, or an out-of-range value. ``at_*`` keys that are not ours are left alone when ``em_mode`` is
-    absent, since another installed processor may use that prefix.
-    """
-    if not extra_args:
-        return None
-    mode = extra_args.get(MODE_KEY)
-    if mode is None:
-        ours = [k for k in extra_args if k.startswith("em_") or k in _AT_KEYS]
-        if ours:
-            raise ValueError(
-                f"extra_args {sorted(ours)} need {MODE_KEY!r} set to {EM_INF!r} or {ADAPTIVE_TEMPERATURE!r}"
-            )
-        return None
-    if mode not in _MODE_KEYS:
-        raise ValueError(f"{MODE_KEY} must be {EM_INF!r} or {ADAPTIVE_TEMPERATURE!r}, got {mode!r}")
-    keys = _MODE_KEYS[mode]
-    for k in extra_args:
-        if k != MODE_KEY and (k.startswith("em_") or k.startswith("at_")) and k not in keys:
-            other = ADAPTIVE_TEMPERATURE if mode == EM_INF else EM_INF
-            hint = f" (it belongs to {MODE_KEY}={other!r})" if k in _MODE_KEYS[other] else ""
-            raise ValueError(f"unknown key {k!r} for {MODE_KEY}={mode!r}{hint}; valid keys: {sorted(keys)}")
-    values = dict(_DEFAULTS[mode])
-    by_param = {}
-    for k, (param, kind) in keys.items():
-        by_param[param] = k
-        if k in extra_args:
-            values[param] = _number(k, extra_args[k], kind)
-    check = check_em_inf_params if mode == EM_INF else check_adaptive_temperature_params
-    try:
-        normalised = check(**values)
-    except ValueError as exc:
-        # The op names its own parameter ("lr must be ..."); name the key the user actually sent.
-        param = str(exc).split(" ", 1)[0]
-        raise ValueError(f"{by_param.get(param, param)}: {exc}") from None
-    return (mode, *normalised)
-
-
-def _apply_rows(logits: torch.Tensor, rows: torch.Tensor, key: RequestKey, invalid: torch.Tensor) -> None:
-    """Run the op of ``key`` on logits[rows] and write the result back in place; count invalid rows on device."""
-    sub = logits.index_select(0, rows)
-    if key[0] == EM_INF:
-        out, valid = kernels.em_inf(sub, *key[1:], return_valid=True)
-    else:
-        out, _temps, valid = kernels.adaptive_temperature(sub, *key[1:], return_valid=True)
-    logits.index_copy_(0, rows, out.to(logits.dtype))
-    invalid.add_((~valid).sum())
-
-
-def _apply_masked(logits: torch.Tensor, row_mask: torch.Tensor, key: RequestKey, invalid: torch.Tensor) -> None:
-    """Like _apply_rows when the rows are known only on the device (a bool mask): run the op on every row and keep
-    the result where the mask is set. Costs a full-batch op, but never waits for the device."""
-    if key[0] == EM_INF:
-        out, valid = kernels.em_inf(logits, *key[1:], return_valid=True)
-    else:
-        out, _temps, valid = kernels.adaptive_temperature(logits, *key[1:], return_valid=True)
-    logits.copy_(torch.where(row_mask.unsqueeze(1), out.to(logits.dtype), logits))
-    invalid.add_((row_mask & ~valid).sum())
+    def run(self, logits: torch.Tensor, rows: torch.Tensor | None, bound: int, invalid: torch.Tensor) -> None:
+        """The mode's op on ``logits`` in place, on the active rows; ``rows`` maps logits rows to slots (None:
+        row i is slot i)."""
+        pick = (lambda t: t[: logits.shape[0]]) if rows is None else (lambda t: t.index_select(0, rows))
+        values = {name: pick(t) for name, t in self.dev.items()}
+        mask = pick(self.dev_active)
+        if self.mode is EM_INF:
+            _, valid = kernels.em_inf(logits, **values, rows=mask, out=logits, max_steps=bound, return_valid=True)
+        else:
+            _, _, valid = kernels.adaptive_temperature(logits, **values, rows=mask, out=logits, max_iter_bound=bound,
+                                                       return_valid=True)
+        invalid.add_((~valid).sum())
 
 
 class EMLogitsProcessor(*_BASES):  # type: ignore[misc]
     """EM-INF / adaptive temperature for the requests that opt in through ``extra_args`` (see module docstring).
 
-    Per-request state is the RequestKey of each batch slot, kept on the host, and, for the V1 runner, one device
-    index tensor per distinct RequestKey, rebuilt in ``update_state`` (the only time the batch layout changes), so
-    ``apply`` is gather -> op -> scatter per group with no host sync. ``invalid_rows`` is a device counter of rows
-    the ops returned unchanged because they held NaN/+inf or nothing finite.
+    State: per mode, per-slot parameter arrays on the host and on the device (:class:`_SlotParams`). V1 slots are
+    batch indices, rewritten in ``update_state`` (the only time the batch layout changes); V2 slots are the
+    runner's persistent request slots, written in ``add_request`` and copied to the device in
+    ``apply_staged_writes``. ``invalid_rows`` is a device counter of rows the ops returned unchanged because they
+    held NaN/+inf or nothing finite.
     """
 
     # The most recently built instance and its constructor arguments; see _is_duplicate.
@@ -190,9 +144,8 @@ class EMLogitsProcessor(*_BASES):  # type: ignore[misc]
             device_or_req_states, LogitsProcRequestState
         ):
             self.runner = "v2"
-            self.req_states = device_or_req_states
             self.device = torch.device(device_or_req_states.device)
-            # V2 rebuilds row indices every step; a copy from pageable memory would sync the stream each time.
+            # Slot values are copied every time the batch changes; from pageable memory that would sync the stream.
             self.is_pin_memory = self.device.type == "cuda"
             max_num_reqs = device_or_req_states.max_num_reqs
             ctor_key = (id(vllm_config), id(device_or_req_states))
@@ -203,16 +156,14 @@ class EMLogitsProcessor(*_BASES):  # type: ignore[misc]
             max_num_reqs = vllm_config.scheduler_config.max_num_seqs
             ctor_key = (id(vllm_config), str(self.device), self.is_pin_memory)
         self.vllm_config = vllm_config  # held so the ids in ctor_key stay unique while this instance lives
+        self.caps = operator_caps()  # a malformed EM_MAX_STEPS / EM_AT_MAX_ITER stops the engine here, not later
         self.used = False
         self.inert = self._is_duplicate(ctor_key)
         type(self)._last_built = (weakref.ref(self), ctor_key)
         self.invalid_rows = torch.zeros((), dtype=torch.int64, device=self.device)
-        # V1: batch index -> RequestKey of opted-in requests, and per RequestKey the device index tensor of its rows.
-        self._key_by_index: dict[int, RequestKey] = {}
-        self._groups: list[tuple[RequestKey, torch.Tensor]] = []
-        # V2: per persistent slot, whether it opted in (numpy, indexed with ctx.idx_mapping_np) and its RequestKey.
-        self._slot_active = np.zeros(max_num_reqs, dtype=bool)
-        self._slot_key: list[RequestKey | None] = [None] * max_num_reqs
+        self.slots = {name: _SlotParams(mode, max_num_reqs, self.device, self.is_pin_memory)
+                      for name, mode in MODES.items()}
+        self._mode_of_slot: list[str | None] = [None] * max_num_reqs
 
     def _is_duplicate(self, ctor_key: tuple) -> bool:
         """vLLM instantiates every installed entry-point processor *and* every class passed as
@@ -233,106 +184,95 @@ class EMLogitsProcessor(*_BASES):  # type: ignore[misc]
 
     @classmethod
     def validate_params(cls, sampling_params: SamplingParams) -> None:
-        """Reject bad ``em_*`` / ``at_*`` extra_args at admission (HTTP 400 on the server), never in the step."""
-        parse_request(sampling_params.extra_args)
+        """Reject bad ``em_*`` / ``at_*`` extra_args, and values above the operator's caps, at admission (HTTP 400
+        naming the key on the server), never in the step. Raises ValueError only."""
+        parse_request(sampling_params.extra_args, operator_caps())
 
     def is_argmax_invariant(self) -> bool:
         # EM-INF moves logits non-uniformly and can change the argmax; it must also run for greedy requests.
         return False
 
+    def _set_slot(self, slot: int, params: SamplingParams | None) -> bool:
+        """Make ``slot`` hold this request's settings (None: nobody / not opted in); True if it opted in."""
+        parsed = None
+        if params is not None and params.extra_args and not self.inert:
+            try:
+                parsed = parse_request(params.extra_args, self.caps)
+            except ValueError as exc:
+                # validate_params already rejected this at admission; a step must never raise, so leave it alone.
+                logger.error("EMLogitsProcessor: ignoring a request whose extra_args are invalid: %s", exc)
+        old = self._mode_of_slot[slot]
+        new = parsed[0].name if parsed else None
+        if old is not None and old != new:
+            self.slots[old].set(slot, None)
+        if parsed:
+            self.slots[new].set(slot, parsed[1])
+        self._mode_of_slot[slot] = new
+        return parsed is not None
+
     def apply(self, logits: torch.Tensor, ctx: LogitsContext | None = None) -> torch.Tensor:
         """Process the opted-in rows of ``logits`` [rows, V] in place and return it.
 
-        V1 calls ``apply(logits)`` (rows = the persistent batch in order); V2 calls ``apply(logits, ctx)`` (rows
-        mapped to slots through ``ctx``)."""
+        V1 calls ``apply(logits)`` (row i = batch index i); V2 calls ``apply(logits, ctx)`` (rows mapped to slots
+        through ``ctx.expanded_idx_mapping``, several rows per request under speculative decoding)."""
         if ctx is None:
-            for key, rows in self._groups:
-                _apply_rows(logits, rows, key, self.invalid_rows)
+            for state in self.slots.values():
+                bound = self._bound(state, slice(0, logits.shape[0]))
+                if bound is not None:
+                    state.run(logits, None, bound, self.invalid_rows)
             return logits
-        return self._apply_v2(logits, ctx)
+        for state in self.slots.values():
+            bound = self._bound(state, ctx.idx_mapping_np)
+            if bound is not None:
+                state.run(logits, ctx.expanded_idx_mapping, bound, self.invalid_rows)
+        return logits
+
+    @staticmethod
+    def _bound(state: _SlotParams, slots) -> int | None:
+        """The loop bound over this step's active slots of the mode (host only), or None if none is active."""
+        active = state.active[slots]
+        return int(state.loop_bound[slots][active].max()) if active.any() else None
 
     # ----------------------------------------------------------------------------------------------- V1 runner
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:
-        """Track which batch indices opted in (order: removed, added, moved) and rebuild the row groups."""
+        """Apply the batch's changes to the per-index slots (order: removed, added, moved), then upload."""
         if batch_update is None or self.inert:
             return
         self.used = True
-        entries = self._key_by_index
-        changed = False
-        if entries:
-            for index in batch_update.removed:
-                changed |= entries.pop(index, None) is not None
+        for index in batch_update.removed:
+            self._set_slot(index, None)
         for index, params, _prompt, _output in batch_update.added:
-            key = self._request_key(params)
-            if key is not None:
-                entries[index] = key
-                changed = True
-            elif entries.pop(index, None) is not None:  # a new request replaced an opted-in one at this index
-                changed = True
-        if entries:
-            for a, b, direction in batch_update.moved:
-                a_key, b_key = entries.pop(a, None), entries.pop(b, None)
-                if a_key is not None:
-                    entries[b] = a_key
-                if b_key is not None and direction == MoveDirectionality.SWAP:
-                    entries[a] = b_key
-                changed |= a_key is not None or b_key is not None
-        if changed:
-            self._rebuild_groups()
+            self._set_slot(index, params)
+        for a, b, direction in batch_update.moved:
+            self._move(a, b, swap=direction == MoveDirectionality.SWAP)
+        for state in self.slots.values():
+            state.upload()
 
-    def _rebuild_groups(self) -> None:
-        by_key: dict[RequestKey, list[int]] = {}
-        for index, key in sorted(self._key_by_index.items()):
-            by_key.setdefault(key, []).append(index)
-        self._groups = [(key, self._to_device(rows)) for key, rows in by_key.items()]
-
-    def _to_device(self, rows: list[int] | np.ndarray) -> torch.Tensor:
-        t = torch.as_tensor(np.asarray(rows, dtype=np.int64))
-        if self.device.type == "cpu":
-            return t
-        if self.is_pin_memory:
-            t = t.pin_memory()
-        return t.to(self.device, non_blocking=self.is_pin_memory)
-
-    def _request_key(self, params: SamplingParams) -> RequestKey | None:
-        if self.inert or not params.extra_args:
-            return None
-        try:
-            return parse_request(params.extra_args)
-        except ValueError as exc:
-            # validate_params already rejected this at admission; a step must never raise, so leave it untouched.
-            logger.error("EMLogitsProcessor: ignoring a request whose extra_args are invalid: %s", exc)
-            return None
+    def _move(self, a: int, b: int, swap: bool) -> None:
+        """Index a's request moves to b (b's is dropped), or the two swap."""
+        for state in self.slots.values():
+            arrays = [*state.host.values(), state.active, state.loop_bound]
+            for arr in arrays:
+                if swap:
+                    arr[a], arr[b] = arr[b], arr[a]
+                else:
+                    arr[b] = arr[a]
+            if not swap:
+                state.active[a] = False
+                state.loop_bound[a] = 0
+            state.dirty = True
+        modes = self._mode_of_slot
+        modes[a], modes[b] = (modes[b], modes[a]) if swap else (None, modes[a])
 
     # ----------------------------------------------------------------------------------------------- V2 runner
 
     def add_request(self, req_idx: int, sampling_params: SamplingParams) -> bool:
-        """Record slot ``req_idx``'s RequestKey (overwriting the slot's previous occupant); True if it opted in."""
+        """Record slot ``req_idx``'s settings (overwriting its previous occupant's); True if it opted in."""
         self.used = True
-        key = self._request_key(sampling_params)
-        self._slot_key[req_idx] = key
-        self._slot_active[req_idx] = key is not None
-        return key is not None
+        return self._set_slot(req_idx, sampling_params)
 
-    def _apply_v2(self, logits: torch.Tensor, ctx: LogitsContext) -> torch.Tensor:
-        slots = ctx.idx_mapping_np
-        active = self._slot_active[slots]
-        if not active.any():
-            return logits
-        by_key: dict[RequestKey, list[int]] = {}
-        for pos in np.flatnonzero(active):
-            by_key.setdefault(self._slot_key[slots[pos]], []).append(int(pos))
-        if logits.shape[0] == len(slots):
-            # One logits row per request (no speculative decoding): row i belongs to batch position i.
-            for key, rows in by_key.items():
-                _apply_rows(logits, self._to_device(rows), key, self.invalid_rows)
-            return logits
-        # Speculative decoding: a request owns several rows and only the device knows which (expanded_idx_mapping).
-        max_num_reqs = len(self._slot_key)
-        for key, positions in by_key.items():
-            slot_mask = np.zeros(max_num_reqs, dtype=bool)
-            slot_mask[slots[positions]] = True
-            row_mask = self._to_device(slot_mask.astype(np.int64)).bool()[ctx.expanded_idx_mapping.long()]
-            _apply_masked(logits, row_mask, key, self.invalid_rows)
-        return logits
+    def apply_staged_writes(self) -> None:
+        """Copy the slots written since the last step to the device (once per step, before the forward pass)."""
+        for state in self.slots.values():
+            state.upload()

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from engine.strategies import STRATEGIES, Generator
 from evals.data import DataNotFound
 from evals.tasks import REFERENCE_SYSTEM_PROMPT, SYSTEM_PROMPT, TASKS, get_task
+from kernels.params import add_cli_flags, cli_values
 
-STRATEGIES = ("sampling", "greedy", "em_inf", "adaptive_temperature", "self_consistency", "iterative_refinement")
 DEFAULT_TASKS = "math500,amc,aime24,minerva,olympiadbench,gsm8k,leetcode,humaneval,mbpp,ugphysics,scicode"
 
 
@@ -43,22 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--batch-size", type=int, default=64, help="samples handed to the engine per call (resume unit)")
     p.add_argument("--grade-workers", type=int, default=2, help="threads grading (code runs one sandbox per thread)")
-    for name, typ in (("em-lr", float), ("em-steps", int), ("em-kl-weight", float), ("em-threshold", float),
-                      ("at-tmin", float), ("at-tmax", float), ("at-max-iter", int), ("at-tol", float),
-                      ("at-target-ratio", float), ("at-threshold", float)):
-        p.add_argument(f"--{name}", type=typ, default=None)
+    add_cli_flags(p)
     p.add_argument("--subject", default=None, help="UGPhysics subject (default SemiconductorPhysics)")
     p.add_argument("--scicode-split", choices=("test", "dev"), default="test")
     p.add_argument("--scicode-h5", default=None, help="SciCode test_data.h5 (grades the test split)")
     p.add_argument("--reference-system-prompt", action="store_true",
                    help="use the reference's byte-exact system prompt (literal double backslash before boxed)")
     return p
-
-
-def _params(args) -> dict:
-    keys = ("em_lr", "em_steps", "em_kl_weight", "em_threshold", "at_tmin", "at_tmax", "at_max_iter", "at_tol",
-            "at_target_ratio", "at_threshold")
-    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
 
 
 def _read_done(path: Path) -> dict[str, dict]:
@@ -113,7 +105,7 @@ def run_task(task, gen, args, out_dir: Path) -> dict:
     if todo:
         print(f"[{task.name}] {len(done)} done, {len(todo)} to run", file=sys.stderr)
     gen_kwargs = dict(temperature=args.temperature, max_tokens=args.max_tokens or task.default_max_tokens,
-                      seed=args.seed, n=args.n, params=_params(args) or None, progress=True)
+                      seed=args.seed, n=args.n, params=cli_values(args) or None, progress=True)
     if args.strategy == "self_consistency":
         if task.answer_fn() is None:
             raise SystemExit(f"{task.name}: self-consistency needs an answer to vote on; this task has none")
@@ -165,8 +157,6 @@ def main(argv: list[str] | None = None) -> int:
     except (DataNotFound, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    from engine.strategies import Generator
-
     gen = Generator(args.model, backend=args.backend, seed=args.seed, max_model_len=args.max_model_len,
                     dtype=args.dtype, device=args.device)
     summaries = []

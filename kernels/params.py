@@ -28,10 +28,11 @@ MODE_KEY = "em_mode"  # the request key that opts a request in: em_mode = "em_in
 _MAX_NUMBER_CHARS = 64  # a numeric string longer than this is not a number anyone means
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Param:
     """One hyper-parameter: op keyword ``name``, ``kind`` (float or int), ``default``, range [low, high] (or
-    (low, high] when ``low_open``), and the flat request key ``key`` (the mode's prefix + name)."""
+    (low, high] when ``low_open``), and the flat request key ``key`` (the mode's prefix + name). Consumers read
+    ``default`` when they need it, never copy it at import, so the value here is the only one."""
 
     name: str
     kind: type
@@ -164,6 +165,23 @@ ADAPTIVE_TEMPERATURE = _mode(
 )
 MODES: dict[str, Mode] = {m.name: m for m in (EM_INF, ADAPTIVE_TEMPERATURE)}
 ALL_KEYS: dict[str, Param] = {**EM_INF.keys, **ADAPTIVE_TEMPERATURE.keys}
+
+
+# --------------------------------------------------------------------------------------------------------- CLIs
+
+def add_cli_flags(parser) -> None:
+    """Add every mode's flags (``--em-lr`` ... ``--at-threshold``) to an argparse parser: dest = the request key,
+    default None (the schema's default applies), type = the parameter's kind."""
+    for mode in MODES.values():
+        group = parser.add_argument_group(f"{mode.name} ({MODE_KEY}={mode.name})")
+        for p in mode.params:
+            group.add_argument(p.flag, dest=p.key, type=p.kind, default=None, metavar=p.kind.__name__.upper(),
+                               help=f"{p.help}; {p.range_text()}, default {p.default:g}")
+
+
+def cli_values(args) -> dict[str, float | int]:
+    """The request keys the user set on the command line (parsed by a parser given :func:`add_cli_flags`)."""
+    return {key: getattr(args, key) for key in ALL_KEYS if getattr(args, key, None) is not None}
 
 
 # ------------------------------------------------------------------------------------------------ operator caps

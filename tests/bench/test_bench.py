@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench.__main__ import source_commit
-from engine.strategies import HF_BATCH_SIZE
+from engine.backends import HF_BATCH_SIZE
 
 REPO = Path(__file__).resolve().parents[2]
 

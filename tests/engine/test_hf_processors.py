@@ -17,17 +17,15 @@ from transformers import (
 )
 
 from engine.hf_processors import (
-    AUTHORS_PROB_CLAMP,
     AdaptiveTemperatureLogitsProcessor,
     EMInfLogitsProcessor,
     SeededSamplingLogitsProcessor,
-    authors_em_inf_step,
     authors_logits_processor,
-    authors_sampler_step,
 )
 from engine.models import resolve
 from kernels import adaptive_temperature, em_inf, entropy
 from kernels import reference as kref
+from kernels.reference_authors import AUTHORS_PROB_CLAMP, authors_em_inf_step, authors_sampler_step
 
 
 def _logits(b: int, v: int = 512, scale: float = 3.0, seed: int = 0) -> torch.Tensor:

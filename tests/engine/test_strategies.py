@@ -15,7 +15,6 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from engine.models import resolve
-from evals.grading import last_boxed
 from engine.strategies import (
     STRATEGIES,
     GenerationResult,
@@ -25,6 +24,7 @@ from engine.strategies import (
     refinement_prompt,
     resolve_mode_params,
 )
+from evals.grading import last_boxed
 
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 MODEL = "tiny-random"

@@ -17,17 +17,17 @@ import torch
 if importlib.util.find_spec("vllm") is None:
     pytest.skip("vLLM is not installed (pip install 'em-reasoning[cpu]')", allow_module_level=True)
 
-import kernels  # noqa: E402
-from engine.vllm_plugin import EMLogitsProcessor, parse_request  # noqa: E402
 from vllm import SamplingParams  # noqa: E402
 from vllm.config import VllmConfig  # noqa: E402
 from vllm.exceptions import VLLMValidationError  # noqa: E402
 from vllm.v1.sample.logits_processor import (  # noqa: E402
     BatchUpdateBuilder,
     MoveDirectionality,
-    LogitsProcessor as V1LogitsProcessor,
     build_logitsprocs,
     validate_logits_processors_parameters,
+)
+from vllm.v1.sample.logits_processor import (
+    LogitsProcessor as V1LogitsProcessor,
 )
 from vllm.v1.worker.gpu.sample.logits_processor import (  # noqa: E402
     LogitsContext,
@@ -38,6 +38,10 @@ from vllm.v1.worker.gpu.sample.logits_processor.loader import (  # noqa: E402
     _load_v2_logitsprocs,
     build_custom_logits_processors_params_validator,
 )
+
+import kernels  # noqa: E402
+from engine.vllm_plugin import EMLogitsProcessor  # noqa: E402
+from kernels.params import EM_INF, parse_request  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -59,10 +63,10 @@ def _logits(rows: int, seed: int = 0) -> torch.Tensor:
 
 def _op(logits: torch.Tensor, extra_args: dict) -> torch.Tensor:
     """What the processor must produce for these rows: the kernels op with the request's parameters."""
-    key = parse_request(extra_args)
-    if key[0] == "em_inf":
-        return kernels.em_inf(logits, *key[1:])
-    return kernels.adaptive_temperature(logits, *key[1:])[0]
+    mode, values = parse_request(extra_args)
+    if mode is EM_INF:
+        return kernels.em_inf(logits, **values)
+    return kernels.adaptive_temperature(logits, **values)[0]
 
 
 def _sp(extra_args: dict | None) -> SamplingParams:
@@ -86,11 +90,19 @@ def _v1_processor() -> EMLogitsProcessor:
         ({"em_mode": "em_inf", "em_lr": float("nan")}, "em_lr"),
         ({"em_mode": "em_inf", "em_steps": 2.5}, "em_steps must be an integer"),
         ({"em_mode": "em_inf", "em_steps": -1}, "em_steps"),
-        ({"em_mode": "em_inf", "em_kl_weight": True}, "em_kl_weight must be a number"),
+        ({"em_mode": "em_inf", "em_kl_weight": True}, "em_kl_weight must be a finite number"),
+        ({"em_mode": ["em_inf"]}, "em_mode must be one of"),  # vLLM's protocol lets list values through
+        ({"em_mode": "em_inf", "em_steps": [3]}, "em_steps must be an integer"),
+        ({"em_mode": "em_inf", "em_lr": {"v": 1}}, "em_lr must be a finite number"),
+        ({"em_mode": "em_inf", "em_lr": None}, "em_lr must be a finite number"),
+        ({"em_mode": "em_inf", "em_lr": "inf"}, "em_lr must be a finite number"),
+        ({"em_mode": "em_inf", "em_lr": "0.1" * 100}, "em_lr must be a finite number"),
+        ({"em_mode": "em_inf", "em_lr": "０.１"}, "em_lr must be a finite number"),
+        ({"em_mode": "em_inf", "em_steps": 10**400}, "em_steps must be an integer"),
         ({"em_mode": "em_inf", "em_typo": 1}, "unknown key 'em_typo'"),
         ({"em_mode": "em_inf", "at_tmin": 0.1}, "belongs to em_mode='adaptive_temperature'"),
         ({"em_mode": "adaptive_temperature", "at_tmin": 0.5, "at_tmax": 0.1}, "at_tmax"),
-        ({"em_mode": "adaptive_temperature", "at_target_ratio": "abc"}, "at_target_ratio must be a number"),
+        ({"em_mode": "adaptive_temperature", "at_target_ratio": "abc"}, "at_target_ratio must be a finite number"),
         ({"em_lr": 0.1}, "need 'em_mode'"),
     ],
 )
@@ -109,10 +121,11 @@ def test_good_and_foreign_extra_args_pass_validation():
     assert parse_request(None) is None
     # keys of other plugins (even at_-prefixed ones) are not ours to judge without em_mode
     assert parse_request({"other_plugin_key": 1, "at_something_else": 2}) is None
-    assert parse_request(EM_DEFAULT) == ("em_inf", 0.1, 3, 0.05, 0.3)
+    assert parse_request(EM_DEFAULT) == (EM_INF, EM_INF.defaults())
     # HTTP clients may send numbers as strings or integral floats
-    assert parse_request({"em_mode": "em_inf", "em_steps": "4", "em_lr": "0.2"}) == ("em_inf", 0.2, 4, 0.05, 0.3)
-    assert parse_request({"em_mode": "adaptive_temperature", "at_max_iter": 7.0})[3] == 7
+    assert parse_request({"em_mode": "em_inf", "em_steps": "4", "em_lr": "0.2"}) == (
+        EM_INF, {**EM_INF.defaults(), "steps": 4, "lr": 0.2})
+    assert parse_request({"em_mode": "adaptive_temperature", "at_max_iter": 7.0})[1]["max_iter"] == 7
     validate_logits_processors_parameters([EMLogitsProcessor], _sp({"em_mode": "em_inf", "em_steps": 5}))
 
 
@@ -150,13 +163,13 @@ def test_v1_processor_equals_ops_and_tracks_moves_and_swaps():
     builder.moved.append((4, 2, MoveDirectionality.UNIDIRECTIONAL))
     builder.moved.append((1, 3, MoveDirectionality.SWAP))
     proc.update_state(builder.get_and_reset(4))
-    now = [EM_DEFAULT, AT_DEFAULT, {"unrelated": 1}, EM_DEFAULT]
-    assert [proc._key_by_index.get(i) for i in range(4)] == [parse_request(e) for e in now]
+    assert proc._mode_of_slot[:5] == ["em_inf", "adaptive_temperature", None, "em_inf", None]
+    assert proc.slots["em_inf"].active[:5].tolist() == [True, False, False, True, False]
+    assert proc.slots["adaptive_temperature"].active[:5].tolist() == [False, True, False, False, False]
     logits = _logits(4, seed=1)
     out = proc.apply(logits.clone())
     assert torch.equal(out[2], logits[2])
     assert torch.equal(out[1:2], _op(logits[1:2], AT_DEFAULT))
-    # rows 0 and 3 share their parameters: one op call on both rows together
     assert torch.equal(out[[0, 3]], _op(logits[[0, 3]], EM_DEFAULT))
 
     # A request that does not opt in takes the index of a finished opted-in one.
