@@ -1,6 +1,7 @@
-"""`python -m bench`: kernel, decoding and training benchmarks and the kernels' compile check; JSON + markdown + PNG.
+"""`python -m bench`: kernel, decoding, serving and training benchmarks and the kernels' compile check; JSON +
+markdown + PNG.
 
-    python -m bench [--quick] [--sections kernels,decoding,training,compile] [--device cpu|cuda] [--model M]
+    python -m bench [--quick] [--sections kernels,decoding,serving,training,compile] [--device cpu|cuda] [--model M]
                     [--output DIR] [--no-torch-compile] [--no-progress]
     python -m bench compare A.json B.json
 
@@ -24,8 +25,8 @@ import torch
 from bench.timing import describe_device
 
 # section name -> module with run(device, quick, ...) -> dict, markdown(dict) -> str, plot(dict, path)
-SECTIONS = {"kernels": "bench.kernels", "decoding": "bench.decoding", "training": "bench.training",
-            "compile": "bench.compile"}
+SECTIONS = {"kernels": "bench.kernels", "decoding": "bench.decoding", "serving": "bench.serving",
+            "training": "bench.training", "compile": "bench.compile"}
 DEFAULT_MODEL = "smollm2-135m-instruct"
 
 

@@ -5,7 +5,7 @@ process group with its own time budget (a crash or a hang loses that step only),
 
   resources  every Triton kernel variant the ops launch (dtypes x constexpr branches): registers, spills, shared
              memory and the occupancy they allow, read from the compiled kernels
-  bench      python -m bench --sections kernels,training --device cuda --no-torch-compile (each kernel as % of the HBM
+  bench      python -m bench --sections kernels,serving,training --device cuda --no-torch-compile (each kernel as % of the HBM
              bandwidth measured in the same run; the fused training op against chunked torch and unfused)
   liger      fused_linear_entropy fwd+bwd beside Liger-Kernel's fused linear cross-entropy, chunked torch and
              unfused torch at N=8192, D=4096, V=151936, bf16 (time, peak memory); skipped when liger_kernel is not
@@ -99,7 +99,7 @@ def _junit_summary(path: Path) -> dict:
 
 
 def step_bench(out: Path) -> dict:
-    cmd = [sys.executable, "-m", "bench", "--sections", "kernels,training", "--device", "cuda",
+    cmd = [sys.executable, "-m", "bench", "--sections", "kernels,serving,training", "--device", "cuda",
            "--output", str(out / "bench"), "--no-progress", "--no-torch-compile"]
     print("$", " ".join(cmd), flush=True)
     rc = subprocess.run(cmd, cwd=REPO).returncode

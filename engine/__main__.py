@@ -14,6 +14,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Callable
 
 from engine.strategies import STRATEGIES
 from kernels.params import MODES, add_cli_flags, cli_values
@@ -22,7 +23,8 @@ from kernels.params import MODES, add_cli_flags, cli_values
 ANSWER_PATTERN = r"\\boxed\{((?:[^{}]|\{[^{}]*\})*)\}"
 
 
-def _last_match(pattern: str):
+def last_match(pattern: str) -> Callable[[str], str | None]:
+    """The answer function of ``--answer-pattern``: the last match's group 1, stripped; None without a match."""
     try:
         regex = re.compile(pattern)
     except re.error as exc:
@@ -87,7 +89,7 @@ def generate_main(argv: list[str]) -> int:
     try:
         results = gen.generate(prompts, args.strategy, temperature=args.temperature, max_tokens=args.max_tokens,
                                seed=args.seed, n=args.n, params=params or None, progress=not args.no_progress,
-                               answer_fn=_last_match(args.answer_pattern) if args.strategy == "self_consistency"
+                               answer_fn=last_match(args.answer_pattern) if args.strategy == "self_consistency"
                                else None)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

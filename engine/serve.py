@@ -18,9 +18,16 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import signal
+import socket
+import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, distribution, entry_points
+from pathlib import Path
 
 from kernels.params import ALL_KEYS, CAPS, operator_caps
 
@@ -72,6 +79,76 @@ def serve_command(model: str, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT
     if not plugin_installed() and not _has_flag(extra, "--logits-processors"):
         cmd += ["--logits-processors", PLUGIN_FQCN]
     return cmd + extra
+
+
+class ServerProcess:
+    """``python -m engine serve`` as a child process in its own session, for benchmarks and tests::
+
+        with ServerProcess("tiny-random", ["--max-num-seqs", "16"], log_path=Path("server.log")) as server:
+            requests.post(server.base + "/v1/completions", ...)
+
+    Entering starts it on a free loopback port and waits until ``/health`` answers (or raises RuntimeError with the
+    log's tail when the process exits or ``startup_timeout`` passes); leaving ends the whole process group (API
+    server and engine core), with SIGTERM then SIGKILL.
+    """
+
+    def __init__(self, model: str, args: Sequence[str] = (), *, log_path: Path, env: dict[str, str] | None = None,
+                 startup_timeout: float = 420.0, cwd: Path | None = None):
+        self.model, self.args, self.log_path = model, list(args), Path(log_path)
+        self.env = {**os.environ, **(env or {})}
+        self.startup_timeout, self.cwd = startup_timeout, cwd
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    @property
+    def base(self) -> str:
+        return f"http://{DEFAULT_HOST}:{self.port}"
+
+    def __enter__(self) -> ServerProcess:
+        with socket.socket() as sock:
+            sock.bind((DEFAULT_HOST, 0))
+            self.port = sock.getsockname()[1]
+        argv = [sys.executable, "-m", "engine", "serve", "--model", self.model, "--port", str(self.port), *self.args]
+        with open(self.log_path, "w") as log:
+            self.proc = subprocess.Popen(argv, cwd=self.cwd, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+        deadline = time.monotonic() + self.startup_timeout
+        try:
+            while not self._healthy():
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"server exited with {self.proc.returncode}:\n{self.log_tail()}")
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"server not healthy after {self.startup_timeout:.0f} s:\n{self.log_tail()}")
+                time.sleep(1)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.base + "/health", timeout=5) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return False
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
+
+    def __exit__(self, *exc: object) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=wait)
+                break
+            except subprocess.TimeoutExpired:
+                continue
 
 
 def main(argv: Sequence[str] | None = None) -> int:

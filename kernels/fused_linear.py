@@ -37,6 +37,8 @@ import math
 
 import torch
 
+from kernels import _triton
+from kernels.fused_linear_context import incoming_grads, save_context
 from kernels.reference_fused import IGNORE_INDEX
 
 DEFAULT_CHUNK_TOKENS = 1024
@@ -93,8 +95,6 @@ def _check_args(
 
 
 def _triton_available() -> bool:
-    from kernels import _triton
-
     return _triton.available()
 
 
@@ -105,25 +105,6 @@ def _chunk_logits(h_scaled: torch.Tensor, w: torch.Tensor, buf: torch.Tensor) ->
         out = buf[: n * v].view(n, v)
         return torch.mm(h_scaled, w.t(), out=out)
     return torch.mm(h_scaled, w.t()).float()
-
-
-def save_context(ctx, hidden, weight, targets, lse, mean_z, logprob, temperature, chunk_tokens, chunk_vocab) -> None:
-    """What both backends' backward needs from their forward (the torch and the Triton autograd functions)."""
-    ctx.save_for_backward(hidden, weight, targets, lse, mean_z)
-    ctx.temperature = temperature
-    ctx.chunks = (chunk_tokens, chunk_vocab)
-    if targets is None:
-        ctx.mark_non_differentiable(logprob)
-
-
-def incoming_grads(g_ent, g_lp, targets, n_tok: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The gradients reaching backward as contiguous fp32 [N]: a missing one as zeros, and no log-probability
-    gradient for ignored targets (their logprob is the constant 0)."""
-    zeros = torch.zeros(n_tok, dtype=torch.float32, device=device)
-    g_ent = zeros if g_ent is None else g_ent.float().contiguous()
-    if g_lp is None or targets is None:
-        return g_ent, zeros  # both read-only in backward, so one buffer serves both
-    return g_ent, torch.where(targets == IGNORE_INDEX, 0.0, g_lp.float()).contiguous()
 
 
 class _FusedLinearEntropy(torch.autograd.Function):
@@ -258,7 +239,7 @@ def fused_linear_entropy(
     # inputs' dtype, so callers under autocast cast hidden and weight to one dtype first (trainers.policy does).
     with torch.autocast(hidden.device.type, enabled=False):
         if backend == "triton":
-            from kernels._triton import k_fused_linear
+            from kernels._triton import k_fused_linear  # imports triton, which CPU-only installs may lack
 
             return k_fused_linear.fused_linear_entropy(hidden, weight, targets, temperature, chunk_tokens, chunk_vocab)
         return _FusedLinearEntropy.apply(hidden, weight, targets, float(temperature), chunk_tokens, chunk_vocab)

@@ -3,7 +3,8 @@ test oracles and the baseline of the bench's "ours vs the authors'" figure, kept
 (``kernels.reference``), which is what our ops reproduce row by row.
 
 With batch size 1 (the authors' setting) ``authors_em_inf_step`` equals ``kernels.em_inf``; with B > 1 it differs,
-because the authors summed entropy and KL over the whole batch (bug 9.1).
+because the authors summed entropy and KL over the whole batch (bug 9.1), and on rows where an fp32 probability
+underflows to exactly 0 it returns NaN where ours stays finite (bug 13; kernels/SEMANTICS.md).
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ def authors_em_inf_step(logits: torch.Tensor, lr: float, steps: int, kl_weight: 
             h = -torch.sum(q * torch.log(q + EM_INF_EPS))
             if h < threshold:
                 break
-            kl = F.kl_div(torch.log_softmax(z, dim=-1), p0, reduction="batchmean")
+            # their input is probs.log(): -inf where an fp32 probability underflowed to 0, and kl_div then evaluates
+            # 0 * inf = NaN for the whole tensor (em_pt_semantics.md, bug 13); our ops use log_softmax and stay finite
+            kl = F.kl_div(q.log(), p0, reduction="batchmean")
             loss = h + kl_weight * kl
             opt.zero_grad()
             loss.backward()

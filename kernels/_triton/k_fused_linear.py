@@ -34,7 +34,7 @@ import triton.language as tl
 
 from kernels._triton._common import next_pow2, stats_update, to_dtype_rne
 from kernels._triton.launch import LOGITS, KernelLaunch
-from kernels.fused_linear import incoming_grads, save_context
+from kernels.fused_linear_context import incoming_grads, save_context
 from kernels.reference_fused import IGNORE_INDEX
 
 MAX_BLOCK = 4096

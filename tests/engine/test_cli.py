@@ -31,11 +31,12 @@ def test_generate_prints_text_and_counts():
     assert len(record["finish_reasons"]) == 3
 
     # The same request through the Python API gives the same text (the CLI adds nothing of its own).
+    from engine.__main__ import ANSWER_PATTERN, last_match
     from engine.strategies import Generator
 
     gen = Generator("tiny-random", backend="hf")
     [r] = gen.generate([[{"role": "user", "content": "What is 2+3?"}]], "self_consistency", temperature=1.0,
-                       max_tokens=6, n=3, progress=False)
+                       max_tokens=6, n=3, progress=False, answer_fn=last_match(ANSWER_PATTERN))
     gen.close()
     assert "\n".join(lines[:-1]) == r.text
     assert record["generated_tokens"] == r.generated_tokens

@@ -241,3 +241,17 @@ def test_reference_pipeline_in_generate_matches_authors_loop():
     generated = out[0, prompt.shape[1]:].tolist()  # may end early at EOS
     assert len(generated) >= 3
     assert generated == ids[0, prompt.shape[1]:].tolist()[: len(generated)]
+
+
+def test_authors_step_turns_underflowed_rows_nan_where_the_op_stays_finite():
+    """The documented difference (kernels/SEMANTICS.md): their kl_div(probs.log(), p0) is 0 * inf once an fp32
+    probability underflows to exactly 0, even at kl_weight 0; the op (and our reference) stays finite."""
+    z = torch.tensor([[0.0, -0.5, -104.0]])
+    for kl_weight in (0.05, 0.0):
+        assert torch.isnan(authors_em_inf_step(z, lr=0.1, steps=3, kl_weight=kl_weight, threshold=0.3)).all()
+        out = em_inf(z, lr=0.1, steps=3, kl_weight=kl_weight, threshold=0.3)
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out, kref.em_inf(z, 0.1, 3, kl_weight, 0.3)[0])
+    # one nat less and nothing underflows: the two agree
+    z = torch.tensor([[0.0, -0.5, -103.0]])
+    torch.testing.assert_close(authors_em_inf_step(z, 0.1, 3, 0.05, 0.3), em_inf(z), rtol=1e-6, atol=1e-6)

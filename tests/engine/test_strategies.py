@@ -226,7 +226,9 @@ def test_hf_em_inf_first_token_matches_the_op(hf_gen):
 
 def test_self_consistency_distinct_seeds_and_vote(gen):
     kw = dict(temperature=1.0, max_tokens=12, seed=40, progress=False)
-    [r] = gen.generate([PROMPTS[0]], "self_consistency", **kw)
+    with pytest.raises(ValueError, match="needs answer_fn"):  # the engine does not guess a task's answer format
+        gen.generate([PROMPTS[0]], "self_consistency", **kw)
+    [r] = gen.generate([PROMPTS[0]], "self_consistency", answer_fn=last_boxed, **kw)
     assert r.extra["seeds"] == [40, 41, 42, 43]
     assert len(set(r.candidates)) > 1  # distinct seeds give distinct samples (the reference's shared seed did not)
     singles = [gen.generate([PROMPTS[0]], "sampling", temperature=1.0, max_tokens=12, seed=s, progress=False)[0].text
