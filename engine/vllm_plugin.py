@@ -112,19 +112,6 @@ class _SlotParams:
             t = t.pin_memory()
         return t.to(self.device, non_blocking=self.pin)
 
-    def run(self, logits: torch.Tensor, rows: torch.Tensor | None, bound: int, invalid: torch.Tensor) -> None:
-        """The mode's op on ``logits`` in place, on the active rows; ``rows`` maps logits rows to slots (None:
-        row i is slot i)."""
-        pick = (lambda t: t[: logits.shape[0]]) if rows is None else (lambda t: t.index_select(0, rows))
-        values = {name: pick(t) for name, t in self.dev.items()}
-        mask = pick(self.dev_active)
-        if self.mode is EM_INF:
-            _, valid = kernels.em_inf(logits, **values, rows=mask, out=logits, max_steps=bound, return_valid=True)
-        else:
-            _, _, valid = kernels.adaptive_temperature(logits, **values, rows=mask, out=logits, max_iter_bound=bound,
-                                                       return_valid=True)
-        invalid.add_((~valid).sum())
-
 
 class EMLogitsProcessor(*_BASES):  # type: ignore[misc]
     """EM-INF / adaptive temperature for the requests that opt in through ``extra_args`` (see module docstring).
@@ -215,23 +202,23 @@ class EMLogitsProcessor(*_BASES):  # type: ignore[misc]
 
         V1 calls ``apply(logits)`` (row i = batch index i); V2 calls ``apply(logits, ctx)`` (rows mapped to slots
         through ``ctx.expanded_idx_mapping``, several rows per request under speculative decoding)."""
-        if ctx is None:
-            for state in self.slots.values():
-                bound = self._bound(state, slice(0, logits.shape[0]))
-                if bound is not None:
-                    state.run(logits, None, bound, self.invalid_rows)
-            return logits
+        n = logits.shape[0]
         for state in self.slots.values():
-            bound = self._bound(state, ctx.idx_mapping_np)
-            if bound is not None:
-                state.run(logits, ctx.expanded_idx_mapping, bound, self.invalid_rows)
+            active = state.active[:n] if ctx is None else state.active[ctx.idx_mapping_np]
+            if not active.any():
+                continue
+            bounds = state.loop_bound[:n] if ctx is None else state.loop_bound[ctx.idx_mapping_np]
+            bound = int(bounds[active].max())  # host arrays: sizes the Triton launch set without a device sync
+            # per-row values: V1 row i is slot i; V2 rows map to slots through expanded_idx_mapping
+            rows = {name: t[:n] if ctx is None else t.index_select(0, ctx.expanded_idx_mapping)
+                    for name, t in (*state.dev.items(), ("rows", state.dev_active))}
+            if state.mode is EM_INF:
+                _, valid = kernels.em_inf(logits, **rows, out=logits, max_steps=bound, return_valid=True)
+            else:
+                _, _, valid = kernels.adaptive_temperature(logits, **rows, out=logits, max_iter_bound=bound,
+                                                           return_valid=True)
+            self.invalid_rows.add_((~valid).sum())
         return logits
-
-    @staticmethod
-    def _bound(state: _SlotParams, slots) -> int | None:
-        """The loop bound over this step's active slots of the mode (host only), or None if none is active."""
-        active = state.active[slots]
-        return int(state.loop_bound[slots][active].max()) if active.any() else None
 
     # ----------------------------------------------------------------------------------------------- V1 runner
 
