@@ -13,6 +13,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernels import params
+
 EM_INF_EPS = 1e-12  # the authors' entropy epsilon in EM-INF: H = -sum q log(q + 1e-12)
 ADAPTIVE_T_EPS = 1e-9  # the authors' entropy epsilon in adaptive temperature
 
@@ -57,25 +59,62 @@ def _em_inf_row(z0: torch.Tensor, lr: float, steps: int, kl_weight: float, thres
     return z.detach().squeeze(0)
 
 
+def _row_params(mode: params.Mode, values: dict, b: int, caps: dict[str, int | None]) -> dict:
+    """Row b's hyper-parameters as Python scalars: a per-row tensor gives its b-th value; integers are clamped to
+    the schema's range and to the caller's bound (as every backend clamps them)."""
+    row = {}
+    for p in mode.params:
+        v = values[p.name]
+        v = p.default if v is None else v
+        if isinstance(v, torch.Tensor):
+            v = v[b].item()
+        if p.kind is int:
+            high = p.high if caps.get(p.name) is None else min(p.high, caps[p.name])
+            v = int(min(max(v, p.low), high))
+        else:
+            v = float(v)
+        row[p.name] = v
+    return row
+
+
+def _output(logits: torch.Tensor, out: torch.Tensor | None) -> torch.Tensor:
+    return logits.clone() if out is None else out
+
+
 def em_inf(
     logits: torch.Tensor,
-    lr: float = 0.1,
-    steps: int = 3,
-    kl_weight: float = 0.05,
-    threshold: float = 0.3,
+    lr: float | torch.Tensor | None = None,
+    steps: int | torch.Tensor | None = None,
+    kl_weight: float | torch.Tensor | None = None,
+    threshold: float | torch.Tensor | None = None,
+    *,
+    rows: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    max_steps: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """EM-INF: per row, up to ``steps`` Adam steps on the logits that lower entropy + kl_weight * KL(p0 || q).
 
-    logits: [B, V], any float dtype. Returns (logits' [B, V] in the input dtype, valid [B] bool).
+    logits: [B, V], any float dtype. Returns (logits' [B, V] in the input dtype, valid [B] bool). Each
+    hyper-parameter is a scalar (None: kernels.params' default) or a [B] tensor of per-row values; ``steps`` is
+    clamped to the schema's range and to ``max_steps``. rows: [B] bool, rows where False are neither processed nor
+    written (valid True). out: where to write (may be ``logits``); None: a copy of the logits.
     """
     valid = valid_rows(logits)
-    # inference_mode(False): callers such as HF generate may hand us inference tensors, which cannot enter autograd;
-    # cloning outside inference mode gives ordinary tensors.
-    with torch.inference_mode(False), torch.enable_grad():
-        out = logits.clone()
-        for b in range(logits.shape[0]):
-            if valid[b]:
-                out[b] = _em_inf_row(out[b].float(), lr, steps, kl_weight, threshold).to(logits.dtype)
+    values = dict(lr=lr, steps=steps, kl_weight=kl_weight, threshold=threshold)
+    out = _output(logits, out)
+    for b in range(logits.shape[0]):
+        if rows is not None and not rows[b]:
+            valid[b] = True
+            continue
+        if not valid[b]:
+            out[b] = logits[b]
+            continue
+        prm = _row_params(params.EM_INF, values, b, {"steps": max_steps})
+        # inference_mode(False): callers such as HF generate may hand us inference tensors, which cannot enter
+        # autograd; the row's copy made here is an ordinary tensor. The result is written in the caller's mode.
+        with torch.inference_mode(False), torch.enable_grad():
+            z = _em_inf_row(logits[b].float().clone(), **prm)
+        out[b] = z.to(logits.dtype)
     return out, valid
 
 
@@ -87,7 +126,14 @@ def _entropy_eps(z: torch.Tensor) -> float:
 def _adaptive_temperature_row(
     z: torch.Tensor, tmin: float, tmax: float, max_iter: int, tol: float, target_ratio: float, threshold: float
 ) -> float:
-    """The authors' ``AdaptiveTemperatureProcessor`` bisection on one row z [V] fp32; returns T."""
+    """The authors' ``AdaptiveTemperatureProcessor`` bisection on one row z [V] fp32; returns T.
+
+    One addition, which leaves the result bit for bit the authors': the loop stops at its fixed point. Once a
+    midpoint equals lo or hi, the update leaves [lo, hi] as it was or collapses it to [mid, mid]; either way every
+    further midpoint is that same number (the float64 (lo + hi) / 2 of two equal doubles is that double), every
+    further entropy the same value, every further decision the same, and every iteration sets t = mid, converged
+    or not. So t = mid is the result whatever max_iter is left, and the loop returns it without evaluating it.
+    """
     h0 = _entropy_eps(z)
     target = max(threshold, target_ratio * h0)
     t = 1.0
@@ -95,8 +141,10 @@ def _adaptive_temperature_row(
         lo, hi = tmin, tmax
         for _ in range(max_iter):
             mid = (lo + hi) / 2
-            h = _entropy_eps(z / mid)
             t = mid  # when not converged, the last midpoint is returned
+            if mid == lo or mid == hi:  # the fixed point (see above): t is final
+                break
+            h = _entropy_eps(z / mid)
             if abs(h - target) < tol:
                 break
             if h < target:
@@ -108,25 +156,38 @@ def _adaptive_temperature_row(
 
 def adaptive_temperature(
     logits: torch.Tensor,
-    tmin: float = 0.01,
-    tmax: float = 1.0,
-    max_iter: int = 100,
-    tol: float = 0.1,
-    target_ratio: float = 0.85,
-    threshold: float = 1e-5,
+    tmin: float | torch.Tensor | None = None,
+    tmax: float | torch.Tensor | None = None,
+    max_iter: int | torch.Tensor | None = None,
+    tol: float | torch.Tensor | None = None,
+    target_ratio: float | torch.Tensor | None = None,
+    threshold: float | torch.Tensor | None = None,
+    *,
+    rows: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    max_iter_bound: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Adaptive temperature: per row, bisect T in [tmin, tmax] until H(softmax(z / T)) is within tol of the target.
 
     logits: [B, V], any float dtype. Returns (logits / T [B, V] in the input dtype, T [B] fp32, valid [B] bool).
     The midpoints are computed in float64 as the authors' Python floats are; the entropies in fp32.
+    Hyper-parameters, rows and out as in :func:`em_inf` (max_iter clamped to the schema's range and to
+    ``max_iter_bound``); rows not processed get T = 1.
     """
     valid = valid_rows(logits)
     temps = torch.ones(logits.shape[0], dtype=torch.float32, device=logits.device)
-    out = logits.clone()
+    values = dict(tmin=tmin, tmax=tmax, max_iter=max_iter, tol=tol, target_ratio=target_ratio, threshold=threshold)
+    out = _output(logits, out)
     for b in range(logits.shape[0]):
-        if valid[b]:
-            z = logits[b].float()
-            t = _adaptive_temperature_row(z, tmin, tmax, max_iter, tol, target_ratio, threshold)
-            temps[b] = t
-            out[b] = (z / t).to(logits.dtype)
+        if rows is not None and not rows[b]:
+            valid[b] = True
+            continue
+        if not valid[b]:
+            out[b] = logits[b]
+            continue
+        z = logits[b].float()
+        t = _adaptive_temperature_row(z, **_row_params(params.ADAPTIVE_TEMPERATURE, values, b,
+                                                       {"max_iter": max_iter_bound}))
+        temps[b] = t
+        out[b] = (z / t).to(logits.dtype)
     return out, temps, valid

@@ -21,7 +21,10 @@ struct RowIO {
   const T* in = nullptr;
   T* out = nullptr;
   int64_t n = 0;
-  void copy_through() const { std::memcpy(out, in, sizeof(T) * n); }
+  bool in_place = false;  // out is the input row itself
+  void copy_through() const {
+    if (!in_place) std::memcpy(out, in, sizeof(T) * n);
+  }
   int64_t block_len(int64_t b) const { return std::min(kBlock, n - b * kBlock); }
 };
 
@@ -58,7 +61,9 @@ struct EntropyTask {
 // authors' by at most V eps.
 // One pass per step: it applies the update from the row scalars (max, log sum exp(z - max), sum q d) of the
 // current z and, in the same pass, collects the block statistics of the new z that give the next step's scalars.
-// State: z (the fp32 output itself, or scratch for bf16/fp16), m, v.
+// State: z (the fp32 output itself, or scratch for bf16/fp16), m, v. In place (out is the input), the steps after
+// the first still need z0 (for p0), which the output overwrites: the stats pass copies it to scratch, block by block,
+// and the update passes read it there.
 struct EmInfParams {
   float lr;
   int64_t steps;
@@ -82,18 +87,26 @@ struct EmInfTask {
   float max0 = 0.0f, log_sum0 = 0.0f;           // of z0, for p0
   float max = 0.0f, log_sum = 0.0f, dbar = 0.0f;  // of the current z
 
-  static int64_t scratch_floats(int64_t n) { return (kF32 ? 2 : 3) * n; }
+  typename S::T* z0_copy = nullptr;  // in place: z0, copied by the stats pass
+
+  static int64_t state_floats(int64_t n) { return (kF32 ? 2 : 3) * n; }
+  static int64_t scratch_floats(int64_t n, bool in_place) {
+    const int64_t copy = in_place ? (n * static_cast<int64_t>(sizeof(typename S::T)) + 3) / 4 : 0;
+    return state_floats(n) + copy;
+  }
   bool done() const { return phase == kDone; }
   void bind(float* scratch) {
     m = scratch;
     v = scratch + io.n;
     if constexpr (kF32) z = io.out; else z = scratch + 2 * io.n;
+    if (io.in_place) z0_copy = reinterpret_cast<typename S::T*>(scratch + state_floats(io.n));
   }
 
   void block(int64_t b) {
     const int64_t i0 = b * kBlock, n = io.block_len(b);
     if (phase == kInit) {
       part[b] = block_stats<S>(io.in + i0, n, io.in + i0 + kBlock);
+      if (io.in_place) std::memcpy(z0_copy + i0, io.in + i0, sizeof(typename S::T) * n);
       return;
     }
     const float bm = update_block(i0, n);
@@ -163,6 +176,7 @@ struct EmInfTask {
         phase = kDone;
         return;
       }
+      if (io.in_place) io.in = z0_copy;  // the update passes read z0 from the copy
       max0 = max = r.max;
       log_sum0 = log_sum = static_cast<float>(r.log_sum);
       dbar = static_cast<float>(r.dbar);
@@ -268,8 +282,11 @@ struct AdaptiveTask {
     return t;
   }
 
+  // The reference's fixed point (kernels/reference.py): a midpoint equal to lo or hi is every later midpoint too,
+  // and the reference returns it whatever its entropy and whatever max_iter is left, so it is the result, unswept.
   void start_midpoint() {
     mid = (lo + hi) / 2;
+    if (mid == lo || mid == hi) return finish(mid);
     inv_t = static_cast<float>(1.0 / mid);
     phase = kBracket;
   }
@@ -406,9 +423,72 @@ RowIO<S> row_io(const at::Tensor& in, at::Tensor* out, int64_t r) {
   const int64_t n = in.size(1);
   RowIO<S> io;
   io.in = static_cast<const T*>(in.const_data_ptr()) + r * n;
-  io.out = out ? static_cast<T*>(out->mutable_data_ptr()) + r * n : nullptr;
+  io.out = out ? static_cast<T*>(out->mutable_data_ptr()) + r * out->stride(0) : nullptr;
   io.n = n;
+  io.in_place = io.out != nullptr && static_cast<const void*>(io.out) == static_cast<const void*>(io.in);
   return io;
+}
+
+// A hyper-parameter: one value for every row, or a [B] tensor of per-row values (float32/float64, or int32/int64
+// for the integer ones). Per-row values are read as they are; integers are clamped to [lo, hi] (the schema's range
+// and the caller's bound), so that no value can run a loop away; NaN floats give a garbage row, never a hang.
+struct RowParam {
+  double value = 0.0;
+  const void* data = nullptr;
+  at::ScalarType dtype = at::kDouble;
+
+  RowParam(double v, const c10::optional<at::Tensor>& t, int64_t batch, const char* name) : value(v) {
+    if (!t.has_value()) return;
+    const at::Tensor& x = *t;
+    TORCH_CHECK(x.device().is_cpu() && x.dim() == 1 && x.size(0) == batch && x.is_contiguous(), "kernels._C: ",
+                name, " must be a contiguous CPU tensor of shape [", batch, "]");
+    dtype = x.scalar_type();
+    TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kInt || dtype == at::kLong,
+                "kernels._C: ", name, " must be float32, float64, int32 or int64, got ", dtype);
+    data = x.const_data_ptr();
+  }
+  double at(int64_t r) const {
+    if (!data) return value;
+    switch (dtype) {
+      case at::kFloat: return static_cast<const float*>(data)[r];
+      case at::kDouble: return static_cast<const double*>(data)[r];
+      case at::kInt: return static_cast<const int32_t*>(data)[r];
+      default: return static_cast<double>(static_cast<const int64_t*>(data)[r]);
+    }
+  }
+  int64_t at_int(int64_t r, int64_t lo, int64_t hi) const {
+    if (data && dtype == at::kLong) return std::clamp(static_cast<const int64_t*>(data)[r], lo, hi);
+    const double x = at(r);
+    if (!(x >= static_cast<double>(lo))) return lo;  // NaN too (float tensors are refused above for ints)
+    return x >= static_cast<double>(hi) ? hi : static_cast<int64_t>(x);
+  }
+};
+
+// The outputs and the rows to process: `out` given (maybe the input itself) or a new tensor, and `rows` an optional
+// [B] bool mask. Rows it leaves out are not written when out was given, copied through otherwise.
+const bool* row_mask(const c10::optional<at::Tensor>& rows, int64_t batch) {
+  if (!rows.has_value()) return nullptr;
+  TORCH_CHECK(rows->device().is_cpu() && rows->scalar_type() == at::kBool && rows->dim() == 1 &&
+                  rows->size(0) == batch && rows->is_contiguous(),
+              "kernels._C: rows must be a contiguous CPU bool tensor of shape [", batch, "]");
+  return rows->const_data_ptr<bool>();
+}
+
+at::Tensor output_for(const at::Tensor& logits, const c10::optional<at::Tensor>& out) {
+  if (!out.has_value()) return at::empty_like(logits);
+  const at::Tensor& o = *out;
+  TORCH_CHECK(o.device().is_cpu() && o.scalar_type() == logits.scalar_type() && o.sizes() == logits.sizes(),
+              "kernels._C: out must be a CPU tensor of the logits' shape and dtype");
+  TORCH_CHECK(o.size(0) <= 1 || (o.stride(1) == 1 && o.stride(0) >= o.size(1)) || o.size(1) <= 1,
+              "kernels._C: out must have unit stride along V and non-overlapping rows");
+  return o;
+}
+
+template <class S>
+void copy_skipped(const at::Tensor& in, at::Tensor& out, const bool* mask, bool out_given) {
+  if (!mask || out_given) return;
+  for (int64_t r = 0; r < in.size(0); ++r)
+    if (!mask[r]) row_io<S>(in, &out, r).copy_through();
 }
 
 // Grain of the blocks mode: about 16k elements of exp-heavy work before a second thread is worth waking.
@@ -433,51 +513,81 @@ at::Tensor entropy(const at::Tensor& logits) {
   return h;
 }
 
-std::tuple<at::Tensor, at::Tensor> em_inf(const at::Tensor& logits, double lr, int64_t steps, double kl_weight,
-                                          double threshold) {
+std::tuple<at::Tensor, at::Tensor> em_inf(const at::Tensor& logits, double lr, const c10::optional<at::Tensor>& lr_t,
+                                          int64_t steps, const c10::optional<at::Tensor>& steps_t, double kl_weight,
+                                          const c10::optional<at::Tensor>& kl_weight_t, double threshold,
+                                          const c10::optional<at::Tensor>& threshold_t,
+                                          const c10::optional<at::Tensor>& rows, const c10::optional<at::Tensor>& out_,
+                                          int64_t steps_high) {
   check_logits(logits);
-  TORCH_CHECK(steps >= 0, "kernels._C.em_inf: steps must be >= 0");
+  TORCH_CHECK(steps >= 0 && steps_high >= 0, "kernels._C.em_inf: steps must be >= 0");
   const int64_t B = logits.size(0), n = logits.size(1);
-  at::Tensor out = at::empty_like(logits);
+  at::Tensor out = output_for(logits, out_);
   at::Tensor valid = at::zeros({B}, logits.options().dtype(at::kBool));
   if (B == 0) return {out, valid};
+  const RowParam p_lr(lr, lr_t, B, "lr"), p_steps(static_cast<double>(steps), steps_t, B, "steps");
+  const RowParam p_kl(kl_weight, kl_weight_t, B, "kl_weight"), p_thr(threshold, threshold_t, B, "threshold");
+  const bool* mask = row_mask(rows, B);
   const int64_t nb = num_blocks(n);
-  const EmInfParams prm{static_cast<float>(lr), steps, static_cast<float>(kl_weight), threshold};
+  const bool in_place = out.const_data_ptr() == logits.const_data_ptr();
   dispatch_storage(logits.scalar_type(), [&](auto s) {
     using S = decltype(s);
-    std::vector<EmInfTask<S>> tasks(B);
+    copy_skipped<S>(logits, out, mask, out_.has_value());
+    std::vector<EmInfTask<S>> tasks;
+    tasks.reserve(B);
     for (int64_t r = 0; r < B; ++r) {
-      tasks[r].io = row_io<S>(logits, &out, r);
-      tasks[r].prm = prm;
-      tasks[r].valid = valid.data_ptr<bool>() + r;
-      tasks[r].part.resize(nb);
+      if (mask && !mask[r]) {
+        valid.data_ptr<bool>()[r] = true;
+        continue;
+      }
+      EmInfTask<S>& task = tasks.emplace_back();
+      task.io = row_io<S>(logits, &out, r);
+      task.prm = EmInfParams{static_cast<float>(p_lr.at(r)), p_steps.at_int(r, 0, steps_high),
+                             static_cast<float>(p_kl.at(r)), p_thr.at(r)};
+      task.valid = valid.data_ptr<bool>() + r;
+      task.part.resize(nb);
     }
-    drive(tasks, nb, EmInfTask<S>::scratch_floats(n), kGrainBlocks);
+    drive(tasks, nb, EmInfTask<S>::scratch_floats(n, in_place), kGrainBlocks);
   });
   return {out, valid};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_temperature(const at::Tensor& logits, double tmin,
-                                                                    double tmax, int64_t max_iter, double tol,
-                                                                    double target_ratio, double threshold) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> adaptive_temperature(
+    const at::Tensor& logits, double tmin, const c10::optional<at::Tensor>& tmin_t, double tmax,
+    const c10::optional<at::Tensor>& tmax_t, int64_t max_iter, const c10::optional<at::Tensor>& max_iter_t,
+    double tol, const c10::optional<at::Tensor>& tol_t, double target_ratio,
+    const c10::optional<at::Tensor>& target_ratio_t, double threshold, const c10::optional<at::Tensor>& threshold_t,
+    const c10::optional<at::Tensor>& rows, const c10::optional<at::Tensor>& out_, int64_t max_iter_high) {
   check_logits(logits);
-  TORCH_CHECK(max_iter >= 0, "kernels._C.adaptive_temperature: max_iter must be >= 0");
+  TORCH_CHECK(max_iter >= 0 && max_iter_high >= 0, "kernels._C.adaptive_temperature: max_iter must be >= 0");
   const int64_t B = logits.size(0), n = logits.size(1);
-  at::Tensor out = at::empty_like(logits);
+  at::Tensor out = output_for(logits, out_);
   at::Tensor temps = at::ones({B}, logits.options().dtype(at::kFloat));
   at::Tensor valid = at::zeros({B}, logits.options().dtype(at::kBool));
   if (B == 0) return {out, temps, valid};
+  const RowParam p_tmin(tmin, tmin_t, B, "tmin"), p_tmax(tmax, tmax_t, B, "tmax");
+  const RowParam p_iter(static_cast<double>(max_iter), max_iter_t, B, "max_iter"), p_tol(tol, tol_t, B, "tol");
+  const RowParam p_ratio(target_ratio, target_ratio_t, B, "target_ratio");
+  const RowParam p_thr(threshold, threshold_t, B, "threshold");
+  const bool* mask = row_mask(rows, B);
   const int64_t nb = num_blocks(n);
-  const AdaptiveParams prm{tmin, tmax, max_iter, tol, target_ratio, threshold};
   dispatch_storage(logits.scalar_type(), [&](auto s) {
     using S = decltype(s);
-    std::vector<AdaptiveTask<S>> tasks(B);
+    copy_skipped<S>(logits, out, mask, out_.has_value());
+    std::vector<AdaptiveTask<S>> tasks;
+    tasks.reserve(B);
     for (int64_t r = 0; r < B; ++r) {
-      tasks[r].io = row_io<S>(logits, &out, r);
-      tasks[r].prm = prm;
-      tasks[r].temp = temps.data_ptr<float>() + r;
-      tasks[r].valid = valid.data_ptr<bool>() + r;
-      tasks[r].part.resize(nb);
+      if (mask && !mask[r]) {
+        valid.data_ptr<bool>()[r] = true;
+        continue;
+      }
+      AdaptiveTask<S>& task = tasks.emplace_back();
+      task.io = row_io<S>(logits, &out, r);
+      task.prm = AdaptiveParams{p_tmin.at(r), p_tmax.at(r), p_iter.at_int(r, 0, max_iter_high), p_tol.at(r),
+                                p_ratio.at(r), p_thr.at(r)};
+      task.temp = temps.data_ptr<float>() + r;
+      task.valid = valid.data_ptr<bool>() + r;
+      task.part.resize(nb);
     }
     drive(tasks, nb, 0, kGrainBlocks);
   });
@@ -493,11 +603,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.attr("simd_width") = emk::W;  // 16 with AVX-512, 8 with AVX2, 1 for the portable scalar build
   m.def("entropy", &emk::entropy, py::arg("logits"), py::call_guard<py::gil_scoped_release>(),
         "Entropy in nats per row of [B, V] logits -> [B] fp32 (NaN for invalid rows).");
-  m.def("em_inf", &emk::em_inf, py::arg("logits"), py::arg("lr"), py::arg("steps"), py::arg("kl_weight"),
-        py::arg("threshold"), py::call_guard<py::gil_scoped_release>(),
-        "EM-INF Adam steps per row -> (logits' [B, V] in the input dtype, valid [B] bool).");
-  m.def("adaptive_temperature", &emk::adaptive_temperature, py::arg("logits"), py::arg("tmin"), py::arg("tmax"),
-        py::arg("max_iter"), py::arg("tol"), py::arg("target_ratio"), py::arg("threshold"),
+  m.def("em_inf", &emk::em_inf, py::arg("logits"), py::arg("lr"), py::arg("lr_t"), py::arg("steps"),
+        py::arg("steps_t"), py::arg("kl_weight"), py::arg("kl_weight_t"), py::arg("threshold"),
+        py::arg("threshold_t"), py::arg("rows"), py::arg("out"), py::arg("steps_high"),
         py::call_guard<py::gil_scoped_release>(),
-        "Bisection temperature per row -> (logits / T in the input dtype, T [B] fp32, valid [B] bool).");
+        "EM-INF Adam steps per row -> (logits' [B, V] in the input dtype, valid [B] bool). Each hyper-parameter is a "
+        "scalar, or (x_t) a [B] tensor of per-row values; steps clamped to [0, steps_high]; rows: optional [B] bool "
+        "mask of the rows to process; out: optional output (may be logits itself).");
+  m.def("adaptive_temperature", &emk::adaptive_temperature, py::arg("logits"), py::arg("tmin"), py::arg("tmin_t"),
+        py::arg("tmax"), py::arg("tmax_t"), py::arg("max_iter"), py::arg("max_iter_t"), py::arg("tol"),
+        py::arg("tol_t"), py::arg("target_ratio"), py::arg("target_ratio_t"), py::arg("threshold"),
+        py::arg("threshold_t"), py::arg("rows"), py::arg("out"), py::arg("max_iter_high"),
+        py::call_guard<py::gil_scoped_release>(),
+        "Bisection temperature per row -> (logits / T in the input dtype, T [B] fp32, valid [B] bool); per-row "
+        "parameters, rows and out as for em_inf; max_iter clamped to [0, max_iter_high].");
 }

@@ -27,33 +27,23 @@ def entropy(logits: torch.Tensor, num_splits: int | None = None) -> torch.Tensor
     return k_entropy.entropy(logits, num_splits)
 
 
-def em_inf(
-    logits: torch.Tensor,
-    lr: float,
-    steps: int,
-    kl_weight: float,
-    threshold: float,
-    num_splits: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """EM-INF per row; returns (logits' [B, V] input dtype, valid [B] bool)."""
+def em_inf(logits: torch.Tensor, lr, steps, kl_weight, threshold, num_splits: int | None = None, *, rows=None,
+           out=None, max_steps=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """EM-INF per row; returns (logits' [B, V] input dtype, valid [B] bool). Per-row parameters, rows and out as
+    kernels.ops.em_inf takes them."""
     from kernels._triton import k_em_inf
 
-    return k_em_inf.em_inf(logits, lr, steps, kl_weight, threshold, num_splits)
+    return k_em_inf.em_inf(logits, lr, steps, kl_weight, threshold, num_splits, rows=rows, out=out,
+                           max_steps=max_steps)
 
 
-def adaptive_temperature(
-    logits: torch.Tensor,
-    tmin: float,
-    tmax: float,
-    max_iter: int,
-    tol: float,
-    target_ratio: float,
-    threshold: float,
-    num_splits: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def adaptive_temperature(logits: torch.Tensor, tmin, tmax, max_iter, tol, target_ratio, threshold,
+                         num_splits: int | None = None, *, rows=None, out=None, max_iter_bound=None,
+                         sweep_counts: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Adaptive temperature per row; returns (logits / T [B, V] input dtype, T [B] fp32, valid [B] bool)."""
     from kernels._triton import k_adaptive_temperature
 
     return k_adaptive_temperature.adaptive_temperature(
-        logits, tmin, tmax, max_iter, tol, target_ratio, threshold, num_splits
+        logits, tmin, tmax, max_iter, tol, target_ratio, threshold, num_splits, rows=rows, out=out,
+        max_iter_bound=max_iter_bound, sweep_counts=sweep_counts,
     )

@@ -159,3 +159,23 @@ def merge_max_sum(base, NSPLIT, NSPLIT_P2: tl.constexpr, STRIDE: tl.constexpr):
     s = tl.sum(ps * tl.exp(pm - ms), axis=0)
     valid = (tl.max(code & 1, axis=0) == 0) & (tl.max((code >> 1) & 1, axis=0) == 1)
     return big_m, s, valid
+
+
+def row_records(batch: int, device: torch.device, values: tuple, rows: torch.Tensor | None,
+                int_cols: dict[int, tuple[int, int]]) -> torch.Tensor:
+    """[B, len(values) + 1] float64 per-row parameter records for PER_ROW kernels, built by device ops (no host
+    sync): each value a Python scalar (broadcast) or a [B] tensor; integer columns clamped to their (low, high) here
+    (kernels clamp again where a value bounds memory); the last column is 1.0 for rows to process, 0.0 for the
+    rest."""
+    cols = []
+    for i, v in enumerate(values):
+        if isinstance(v, torch.Tensor):
+            if i in int_cols:
+                v = v.clamp(*int_cols[i])
+            cols.append(v.to(torch.float64))
+        else:
+            if i in int_cols:
+                v = min(max(v, int_cols[i][0]), int_cols[i][1])
+            cols.append(torch.full((batch,), float(v), dtype=torch.float64, device=device))
+    cols.append(torch.ones(batch, dtype=torch.float64, device=device) if rows is None else rows.to(torch.float64))
+    return torch.stack(cols, dim=1).contiguous()

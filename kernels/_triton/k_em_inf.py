@@ -41,6 +41,7 @@ from kernels._triton._common import (
     to_dtype_rne,
     merge_partials,
     next_pow2,
+    row_records,
     split_geometry,
     stats_update,
 )
@@ -48,6 +49,7 @@ from kernels._triton.launch import LOGITS, POW2_SPLITS, KernelLaunch
 
 BLOCK = 2048
 NUM_WARPS = 8
+NPRM = tl.constexpr(5)  # per-row parameter record (float64): lr, steps, kl_weight, threshold, active
 
 
 @triton.jit
@@ -81,6 +83,7 @@ def em_inf_pass_kernel(
     valid_ptr,
     part_ptr,
     rows_ptr,
+    prm_ptr,
     stride_x,
     stride_o,
     V,
@@ -94,11 +97,16 @@ def em_inf_pass_kernel(
     BLOCK: tl.constexpr,
     NSPLIT_P2: tl.constexpr,
     HAS_KL: tl.constexpr,
+    PER_ROW: tl.constexpr,
 ):
     """Pass P of EM-INF for program (row b, split k).
 
     part: [B, STEPS, NSPLIT, 4] fp32 partial (m, s, t, code) of z_P for P < STEPS (code only at P = 0).
     rows: [B, STEPS, 2] fp32 merged (lse_k, H_k), entry k written in pass k + 1 by split 0.
+    PER_ROW: the row's (lr, steps, kl_weight, threshold, active) from prm [B, NPRM] float64 instead of the scalar
+    arguments; STEPS is then the launch bound (passes 0 .. STEPS), the row's steps are clamped to [0, STEPS], a row
+    is idle in the passes after its own last one, and an inactive row is neither read nor written (its valid entry,
+    set by the launcher, stays True).
     """
     b = tl.program_id(0).to(tl.int64)
     k = tl.program_id(1)
@@ -107,7 +115,18 @@ def em_inf_pass_kernel(
     STEPS = tl.zeros((), tl.int32) + STEPS
     start = k * CHUNK
     end = tl.minimum(start + CHUNK, V)
-    lr = f64_arg(lr_bits)
+    if PER_ROW:
+        prm = prm_ptr + b * NPRM
+        lr = tl.load(prm + 0)
+        steps_f = tl.load(prm + 1)
+        steps_b = tl.minimum(tl.where(steps_f >= 0.0, steps_f, 0.0), STEPS.to(tl.float64)).to(tl.int32)  # NaN: 0
+        kl_weight = tl.load(prm + 2).to(tl.float32)
+        threshold = tl.load(prm + 3).to(tl.float32)
+        active = tl.load(prm + 4) != 0.0
+    else:
+        lr = f64_arg(lr_bits)
+        steps_b = STEPS
+        active = P >= 0  # every row (a tensor bool)
     part_row = part_ptr + b * STEPS * NSPLIT * 4
     rows_row = rows_ptr + b * STEPS * 2
 
@@ -125,14 +144,16 @@ def em_inf_pass_kernel(
     # masks are normalised with `!= 0`: the interpreter turns `bool & bool` of scalars into ints
     tl.store(rows_row + (P - 1) * 2 + 0, lse_f, mask=first != 0)
     tl.store(rows_row + (P - 1) * 2 + 1, h_f, mask=first != 0)
-    tl.store(valid_ptr + b, valid.to(tl.int8), mask=(first & (P == 1)) != 0)
+    tl.store(valid_ptr + b, valid.to(tl.int8), mask=(first & (P == 1) & active) != 0)
     alive = alive & (h_f >= threshold).to(tl.int32) & (P > 0).to(tl.int32)
     n += alive
 
     continuing = n == P  # every check so far passed: the row is at z_P
-    final = P == STEPS
-    do_stats = continuing & (P < STEPS)
-    write_out = (continuing & final) | ((n == P - 1) & (P > 0))  # finished now, or stopped at the last check
+    final = P == steps_b
+    # pass 0 also takes the validity of a row with no step (its output is the raw copy written in that pass)
+    do_stats = continuing & ((P < steps_b) | (P == 0)) & active
+    # finished now, or stopped at the last check; never after the row's own last pass
+    write_out = ((continuing & final) | ((n == P - 1) & (P > 0))) & (P <= steps_b) & active
     raw_copy = write_out & (n == 0)  # nothing applied (or invalid row): the input bits, untouched
     n_mem = tl.maximum(tl.minimum(n, P - 1), 0)  # steps whose scalars come from the table; a step P-1 uses lse_f, h_f
     lse0 = tl.load(rows_row, mask=P > 1, other=0.0)
@@ -184,35 +205,65 @@ def em_inf_pass_kernel(
 
 PASS = KernelLaunch(
     em_inf_pass_kernel, num_warps=NUM_WARPS,
-    pointers={"x_ptr": LOGITS, "out_ptr": LOGITS, "valid_ptr": "i8", "part_ptr": "fp32", "rows_ptr": "fp32"},
+    pointers={"x_ptr": LOGITS, "out_ptr": LOGITS, "valid_ptr": "i8", "part_ptr": "fp32", "rows_ptr": "fp32",
+              "prm_ptr": "fp64"},
     scalars={"lr_bits": "i64", "kl_weight": "fp32", "threshold": "fp32"},
-    constexprs={"BLOCK": (BLOCK,), "NSPLIT_P2": POW2_SPLITS, "HAS_KL": (False, True)}, sizes=("NSPLIT_P2",),
+    constexprs={"BLOCK": (BLOCK,), "NSPLIT_P2": POW2_SPLITS, "HAS_KL": (False, True), "PER_ROW": (False, True)},
+    sizes=("NSPLIT_P2",),
 )
 
 
 def em_inf(
     logits: torch.Tensor,
-    lr: float,
-    steps: int,
-    kl_weight: float,
-    threshold: float,
+    lr,
+    steps,
+    kl_weight,
+    threshold,
     num_splits: int | None = None,
+    *,
+    rows: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    max_steps: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, V] any float dtype -> (logits' same dtype, valid [B] bool). Launches steps + 1 passes, no host sync."""
+    """[B, V] any float dtype -> (logits' same dtype, valid [B] bool). Launches bound + 1 passes, no host sync
+    except for a per-row ``steps`` tensor without ``max_steps`` (its maximum is read: the launch count).
+
+    Hyper-parameters: Python scalars, or [B] tensors of per-row values (then, or with ``rows``, the kernel reads a
+    [B, NPRM] float64 record per row, built here by device ops). out: where to write, may be the logits themselves:
+    pass P re-reads z0 only for rows still running, and the pass that writes a row's output is the last to read
+    it (in the same program, element by element), so in place is safe.
+    """
+    from kernels import params
+    from kernels.ops import _pass_through
+
     x = as_rows(logits)
     batch, vocab = x.shape
-    if batch == 0 or steps == 0:
-        from kernels.reference import valid_rows
-
-        return logits.clone(), valid_rows(logits)
+    per_row = rows is not None or any(isinstance(v, torch.Tensor) for v in (lr, steps, kl_weight, threshold))
+    high = int(params.EM_INF.param("steps").high)
+    if isinstance(steps, torch.Tensor):
+        bound = max_steps if max_steps is not None else int(steps.max().clamp(0, high))  # host sync
+    else:
+        bound = steps if max_steps is None else min(steps, max_steps)
+    bound = min(bound, high)
+    if batch == 0 or bound == 0:
+        return _pass_through(logits, out, rows)
     nsplit, chunk = split_geometry(batch, vocab, BLOCK, x.device, num_splits)
-    out = torch.empty_like(x)
-    valid = torch.empty(batch, dtype=torch.int8, device=x.device)
-    part = torch.empty(batch, steps, nsplit, 4, dtype=torch.float32, device=x.device)
-    rows = torch.empty(batch, steps, 2, dtype=torch.float32, device=x.device)
-    for p in range(steps + 1):
+    out = torch.empty_like(x) if out is None else out
+    part = torch.empty(batch, bound, nsplit, 4, dtype=torch.float32, device=x.device)
+    table = torch.empty(batch, bound, 2, dtype=torch.float32, device=x.device)
+    if per_row:
+        valid = torch.ones(batch, dtype=torch.int8, device=x.device)  # rows left out stay valid
+        prm = row_records(batch, x.device, (lr, steps, kl_weight, threshold), rows, int_cols={1: (0, bound)})
+        scalars = (0, 0.0, 0.0)
+        has_kl = isinstance(kl_weight, torch.Tensor) or kl_weight != 0.0
+    else:
+        valid = torch.empty(batch, dtype=torch.int8, device=x.device)
+        prm = torch.empty(1, dtype=torch.float64, device=x.device)  # not read
+        scalars = (f64_bits(lr), float(kl_weight), float(threshold))
+        has_kl = kl_weight != 0.0
+    for p in range(bound + 1):
         PASS[(batch, nsplit)](
-            x, out, valid, part, rows, x.stride(0), out.stride(0), vocab, chunk, nsplit, p, steps, f64_bits(lr),
-            float(kl_weight), float(threshold), BLOCK=BLOCK, NSPLIT_P2=next_pow2(nsplit), HAS_KL=kl_weight != 0.0,
+            x, out, valid, part, table, prm, x.stride(0), out.stride(0), vocab, chunk, nsplit, p, bound, *scalars,
+            BLOCK=BLOCK, NSPLIT_P2=next_pow2(nsplit), HAS_KL=has_kl, PER_ROW=per_row,
         )
     return out, valid.view(torch.bool)
