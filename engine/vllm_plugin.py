@@ -209,6 +209,7 @@ class EMLogitsProcessor(*_BASES):  # type: ignore[misc]
                 continue
             bounds = state.loop_bound[:n] if ctx is None else state.loop_bound[ctx.idx_mapping_np]
             bound = int(bounds[active].max())  # host arrays: sizes the Triton launch set without a device sync
+            state.upload()  # normally done already (update_state, apply_staged_writes): then a no-op
             # per-row values: V1 row i is slot i; V2 rows map to slots through expanded_idx_mapping
             rows = {name: t[:n] if ctx is None else t.index_select(0, ctx.expanded_idx_mapping)
                     for name, t in (*state.dev.items(), ("rows", state.dev_active))}

@@ -98,7 +98,6 @@ def _v1_processor() -> EMLogitsProcessor:
         ({"em_mode": "em_inf", "em_lr": "inf"}, "em_lr must be a finite number"),
         ({"em_mode": "em_inf", "em_lr": "0.1" * 100}, "em_lr must be a finite number"),
         ({"em_mode": "em_inf", "em_lr": "０.１"}, "em_lr must be a finite number"),
-        ({"em_mode": "em_inf", "em_steps": 10**400}, "em_steps must be an integer"),
         ({"em_mode": "em_inf", "em_typo": 1}, "unknown key 'em_typo'"),
         ({"em_mode": "em_inf", "at_tmin": 0.1}, "belongs to em_mode='adaptive_temperature'"),
         ({"em_mode": "adaptive_temperature", "at_tmin": 0.5, "at_tmax": 0.1}, "at_tmax"),
@@ -188,6 +187,51 @@ def test_v1_processor_equals_ops_and_tracks_moves_and_swaps():
     proc.update_state(builder.get_and_reset(0))
     logits = _logits(2, seed=3)
     assert torch.equal(proc.apply(logits.clone()), logits)
+
+
+def test_v1_distinct_settings_cost_one_op_call_per_mode(monkeypatch):
+    """16 distinct EM-INF settings (steps 0..7 included) and 4 adaptive-temperature ones in one batch: each mode's op
+    runs once per step on the whole batch (per-row parameter tensors, rows mask, in place), and every row equals the
+    op run on that row alone with its own setting."""
+    proc = _v1_processor()
+    extras = [{"em_mode": "em_inf", "em_lr": 0.05 + 0.02 * k, "em_steps": k % 8, "em_kl_weight": 0.01 * k,
+               "em_threshold": 0.1 * (k % 3)} for k in range(16)]
+    extras += [{"em_mode": "adaptive_temperature", "at_max_iter": 5 + 20 * k, "at_target_ratio": 0.5 + 0.1 * k,
+                "at_tol": 10.0 ** -k} for k in range(4)]
+    extras += [None, {"unrelated": 1}]
+    builder = BatchUpdateBuilder()
+    for i, extra in enumerate(extras):
+        builder.added.append((i, _sp(extra), [1], []))
+    proc.update_state(builder.get_and_reset(len(extras)))
+
+    calls = {"em_inf": 0, "adaptive_temperature": 0}
+    for name in calls:
+        real = getattr(kernels, name)
+
+        def counted(*args, _real=real, _name=name, **kwargs):
+            calls[_name] += 1
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(kernels, name, counted)
+    logits = _logits(len(extras), seed=4)
+    out = proc.apply(logits.clone())
+    assert calls == {"em_inf": 1, "adaptive_temperature": 1}
+    monkeypatch.undo()
+    for i, extra in enumerate(extras):
+        if extra is None or "em_mode" not in extra:
+            assert torch.equal(out[i], logits[i])
+        else:
+            assert torch.equal(out[i : i + 1], _op(logits[i : i + 1], extra)), f"row {i}: {extra}"
+
+
+def test_caps_from_the_environment_at_admission_and_construction(monkeypatch):
+    monkeypatch.setenv("EM_MAX_STEPS", "4")
+    EMLogitsProcessor.validate_params(_sp({"em_mode": "em_inf", "em_steps": 4}))
+    with pytest.raises(VLLMValidationError, match="em_steps=5 is above this server's cap of 4"):
+        validate_logits_processors_parameters([EMLogitsProcessor], _sp({"em_mode": "em_inf", "em_steps": 5}))
+    monkeypatch.setenv("EM_AT_MAX_ITER", "lots")
+    with pytest.raises(ValueError, match="EM_AT_MAX_ITER must be an integer"):
+        EMLogitsProcessor(VllmConfig(), torch.device("cpu"), False)
 
 
 def test_v1_invalid_rows_pass_through_and_are_counted_on_device():
@@ -296,6 +340,7 @@ def test_v2_speculative_rows_follow_expanded_idx_mapping():
     proc.add_request(1, _sp(EM_DEFAULT))
     proc.add_request(3, _sp(None))
     proc.add_request(4, _sp(AT_DEFAULT))
+    proc.apply_staged_writes()
     # three requests, two of them with a draft token: 5 logits rows
     rows_to_slots = [3, 1, 1, 4, 4]
     logits = _logits(5)
