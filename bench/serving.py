@@ -12,8 +12,9 @@
    official ``openai`` client, loopback), alone and while the costliest request the default operator caps admit
    decodes beside them: EM-INF at ``em_steps`` = its cap with ``em_threshold`` 0 (it never stops early), and
    adaptive temperature at ``at_max_iter`` = its cap with tiny ``at_tol`` and ``at_tmin`` (the bisection runs to
-   the cap). Goal: the worst slows plain requests by at most 1.5x at p50 and p99. The caps' defaults
-   (``kernels.params.CAPS``) were chosen from this measurement.
+   the cap), against the control: a plain request of the same length beside them. Goal: the worst slows plain
+   requests by at most 1.5x at p50 and p99. The caps' defaults (``kernels.params.CAPS``) were chosen from this
+   measurement and the op's own cost per row (README, "Operator caps").
 """
 
 from __future__ import annotations
@@ -89,8 +90,7 @@ def _bisection(device: torch.device, quick: bool) -> dict:
     logits = (torch.randn(batch, VOCAB, generator=g) * 2.0).to(device)
     fns = {str(it): (lambda it=it: kernels.adaptive_temperature(logits, max_iter=it, tol=1e-300))
            for it in (100, 10000)}
-    best = measure_interleaved(fns, device, min_seconds=0.2 if quick else 1.0, max_rounds=10,
-                               min_rounds=2 if quick else 3)
+    best = measure_interleaved(fns, device, min_seconds=0.5 if quick else 1.0, max_rounds=10, min_rounds=3)
     t100 = kernels.adaptive_temperature(logits, max_iter=100, tol=1e-300)[1]
     t10k = kernels.adaptive_temperature(logits, max_iter=10000, tol=1e-300)[1]
     return {"batch": batch, "vocab": VOCAB, "seconds_max_iter_100": best["100"],
@@ -101,8 +101,9 @@ def _bisection(device: torch.device, quick: bool) -> dict:
 # -------------------------------------------------------------------------------------------------------- latency
 
 def _worst_requests(caps: dict[str, int]) -> dict[str, dict]:
-    """The costliest request of each mode the caps admit."""
+    """The costliest request of each mode the caps admit, and a plain one (the control: same length, no EM)."""
     return {
+        "plain": {},
         "em_inf": {"em_mode": "em_inf", "em_steps": caps["em_steps"], "em_threshold": 0.0},
         "adaptive_temperature": {"em_mode": "adaptive_temperature", "at_max_iter": caps["at_max_iter"],
                                  "at_tol": 1e-300, "at_tmin": 1e-300},
@@ -130,9 +131,9 @@ async def _scenario(base: str, model: str, worst: dict | None, n: int, concurren
     background = None
     if worst is not None:
         async def hog() -> None:  # decodes until cancelled: beside every plain request of the scenario
+            extra = {"ignore_eos": True, **({"vllm_xargs": worst} if worst else {})}
             stream = await client.completions.create(model=model, prompt="Once upon a time", max_tokens=100000,
-                                                     temperature=1.0, stream=True,
-                                                     extra_body={"vllm_xargs": worst, "ignore_eos": True})
+                                                     temperature=1.0, stream=True, extra_body=extra)
             async for _ in stream:
                 pass
 
@@ -155,9 +156,10 @@ async def _scenario(base: str, model: str, worst: dict | None, n: int, concurren
 
 def _latency(model: str, quick: bool, progress: bool) -> dict:
     caps = operator_caps({})  # the defaults, whatever this machine's environment says
-    n, concurrency, max_tokens = (8, 4, 8) if quick else (32, 4, 32)
+    n, concurrency, max_tokens = (8, 4, 8) if quick else (24, 4, 32)
     scenarios: dict[str, dict | None] = {"plain alone": None}
-    scenarios.update({f"beside worst {mode}": req for mode, req in _worst_requests(caps).items()})
+    scenarios.update({"beside plain" if mode == "plain" else f"beside worst {mode}": req
+                      for mode, req in _worst_requests(caps).items()})
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         server_args = ["--max-model-len", "2048", "--max-num-seqs", "16"]
@@ -165,13 +167,20 @@ def _latency(model: str, quick: bool, progress: bool) -> dict:
         env = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "1",
                **{c.env: str(caps[c.key]) for c in CAPS}}
         with ServerProcess(model, server_args, log_path=Path(tmp) / "server.log", env=env) as server:
-            asyncio.run(_scenario(server.base, model, None, 4, 4, 4))  # warm-up
-            for name, worst in tqdm(scenarios.items(), desc="serving latency", disable=not progress):
-                results[name] = asyncio.run(_scenario(server.base, model, worst, n, concurrency, max_tokens))
-    alone = results["plain alone"]
-    for name, r in results.items():
-        r["p50_ratio"] = r["p50"] / alone["p50"]
-        r["p99_ratio"] = r["p99"] / alone["p99"]
+            asyncio.run(_scenario(server.base, model, None, n, concurrency, max_tokens))  # warm-up
+            # the scenarios in turns, twice, the faster of each kept: a busy shared machine slows them alike
+            jobs = [name for _ in range(2) for name in scenarios]
+            for name in tqdm(jobs, desc="serving latency", disable=not progress):
+                r = asyncio.run(_scenario(server.base, model, scenarios[name], n, concurrency, max_tokens))
+                best = results.setdefault(name, r)
+                best.update(p50=min(best["p50"], r["p50"]), p99=min(best["p99"], r["p99"]))
+    # The ratios are against the control, a plain request of the same length decoding beside them: a long
+    # background stream changes the engine's batching and idle behaviour by itself (measured: plain requests beside
+    # it 0.8-0.9x as long as alone on 2 cores), so only the control isolates what the EM settings cost.
+    control = results["beside plain"]
+    for r in results.values():
+        r["p50_ratio"] = r["p50"] / control["p50"]
+        r["p99_ratio"] = r["p99"] / control["p99"]
     return {"model": model, "caps": caps, "requests": n, "concurrency": concurrency, "max_tokens": max_tokens,
             "worst_requests": _worst_requests(caps), "scenarios": results}
 
@@ -187,8 +196,9 @@ def _targets(out: dict) -> list[dict]:
     r = out["bisection"]["ratio"]
     targets.append({"target": "adaptive T time, max_iter 10000 / 100", "value": r, "goal": 1.2, "met": r <= 1.2})
     if out.get("latency"):
-        worst = max(max(s["p50_ratio"], s["p99_ratio"]) for s in out["latency"]["scenarios"].values())
-        targets.append({"target": "plain latency beside the worst capped request / alone (p50, p99)",
+        worst = max(max(s["p50_ratio"], s["p99_ratio"]) for name, s in out["latency"]["scenarios"].items()
+                    if name.startswith("beside worst"))
+        targets.append({"target": "plain latency beside the worst capped request / beside a plain one (p50, p99)",
                         "value": worst, "goal": 1.5, "met": worst <= 1.5})
     return targets
 
@@ -207,8 +217,9 @@ def markdown(section: dict) -> str:
     lat = section.get("latency")
     if lat:
         lines += [f"Latency of plain requests ({lat['requests']} requests, {lat['concurrency']} in flight, "
-                  f"{lat['max_tokens']} tokens, {lat['model']}, default caps {lat['caps']}):", "",
-                  "| scenario | p50 s | p99 s | p50 x alone | p99 x alone |", "|---|---|---|---|---|"]
+                  f"{lat['max_tokens']} tokens, {lat['model']}, default caps {lat['caps']}), alone and beside one "
+                  "long request: plain (the control the ratios divide by) or the costliest each EM mode's caps admit:",
+                  "", "| scenario | p50 s | p99 s | p50 x control | p99 x control |", "|---|---|---|---|---|"]
         for name, r in lat["scenarios"].items():
             lines.append(f"| {name} | {r['p50']:.3f} | {r['p99']:.3f} | {r['p50_ratio']:.2f} | {r['p99_ratio']:.2f} |")
         lines.append("")
