@@ -13,7 +13,8 @@ validation (``engine.vllm_plugin``), the HF processors, the strategies and the C
 Operator caps bound what one request may cost the requests batched with it (a server's admission check, not the
 ops' range): ``em_steps`` <= :func:`operator_caps`'s ``em_steps`` and ``at_max_iter`` <= its ``at_max_iter``, set by
 ``python -m engine serve --em-max-steps N --at-max-iter N`` or the environment variables ``EM_MAX_STEPS`` and
-``EM_AT_MAX_ITER`` (for deployments that start vLLM themselves and only install the plugin).
+``EM_AT_MAX_ITER`` (for deployments that start vLLM themselves and only install the plugin). A request that sends a
+value above a cap is rejected; one that leaves the key out gets the default, lowered to the cap if it is above.
 """
 
 from __future__ import annotations
@@ -216,14 +217,20 @@ def operator_caps(environ: Mapping[str, str] | None = None) -> dict[str, int]:
     return caps
 
 
-def check_caps(mode: Mode, values: Mapping[str, float | int], caps: Mapping[str, int]) -> None:
-    """ValueError naming the request key and the cap when a request's values exceed the operator's caps."""
+def apply_caps(mode: Mode, values: dict[str, float | int], sent: Mapping[str, Any],
+               caps: Mapping[str, int]) -> None:
+    """Hold a request to the operator's caps: a value the request sent above its cap raises ValueError naming the
+    request key and the cap; a default above a cap (the request did not send that key) is lowered to the cap, so
+    a request that sets nothing is always admitted."""
     for p in mode.params:
         cap = caps.get(p.key)
-        if cap is not None and values[p.name] > cap:
+        if cap is None or values[p.name] <= cap:
+            continue
+        if p.key in sent:
             spec = next(c for c in CAPS if c.key == p.key)
             raise ValueError(f"{p.key}={values[p.name]} is above this server's cap of {cap} "
                              f"(set by {spec.flag} / {spec.env})")
+        values[p.name] = cap
 
 
 # ---------------------------------------------------------------------------------------------- request parsing
@@ -234,7 +241,8 @@ def parse_request(extra_args: Mapping[str, Any] | None,
 
     Raises ValueError, and nothing else, for any JSON-like input it does not accept: an ``em_mode`` that is not a
     mode's name, a key of ours that is unknown or belongs to the other mode, a value of the wrong type or out of
-    range, or above an operator cap in ``caps``; the message names the user's key. ``at_*`` keys are left alone when
+    range, or above an operator cap in ``caps`` (a default above a cap is lowered to it); the message names the
+    user's key. ``at_*`` keys are left alone when
     ``em_mode`` is absent only if they are not ours (another installed processor may use that prefix).
     """
     if extra_args is None:
@@ -260,5 +268,5 @@ def parse_request(extra_args: Mapping[str, Any] | None,
                              f"valid keys: {sorted(mode.keys)}")
     values = mode.from_request(extra_args)
     if caps:
-        check_caps(mode, values, caps)
+        apply_caps(mode, values, extra_args, caps)
     return mode, values

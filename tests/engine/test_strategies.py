@@ -138,8 +138,9 @@ def test_generator_properties(gen):
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_every_strategy_runs(gen, strategy):
+    answer = {"answer_fn": last_boxed} if strategy == "self_consistency" else {}
     t0 = time.perf_counter()
-    results = gen.generate(PROMPTS, strategy, temperature=0.7, max_tokens=12, seed=3, progress=False)
+    results = gen.generate(PROMPTS, strategy, temperature=0.7, max_tokens=12, seed=3, progress=False, **answer)
     wall = time.perf_counter() - t0
     assert len(results) == len(PROMPTS)
     n = {"self_consistency": 4, "iterative_refinement": 3}.get(strategy, 1)

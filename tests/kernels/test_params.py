@@ -125,7 +125,15 @@ def test_caps_from_environment_and_their_errors():
 def test_default_caps_admit_the_defaults():
     caps = operator_caps({})
     for mode in MODES.values():
-        parse_request({MODE_KEY: mode.name}, caps)
+        assert parse_request({MODE_KEY: mode.name}, caps)[1] == mode.defaults()
+
+
+def test_a_cap_below_a_default_lowers_the_default_of_requests_that_do_not_send_the_key():
+    caps = operator_caps({"EM_AT_MAX_ITER": "80", "EM_MAX_STEPS": "2"})
+    assert parse_request({MODE_KEY: "adaptive_temperature"}, caps)[1]["max_iter"] == 80
+    assert parse_request({MODE_KEY: "em_inf"}, caps)[1]["steps"] == 2
+    with pytest.raises(ValueError, match="at_max_iter=100 is above this server's cap of 80"):
+        parse_request({MODE_KEY: "adaptive_temperature", "at_max_iter": 100}, caps)
 
 
 # ------------------------------------------------------------------------------------ one place for each default
