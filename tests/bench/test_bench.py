@@ -27,7 +27,7 @@ def quick_run(tmp_path_factory):
 def test_results_have_every_section_and_plot(quick_run):
     out, results, stdout = quick_run
     assert results["device"]["type"] == "cpu" and results["model"] == "tiny-random"
-    for name in ("kernels", "decoding", "training", "compile"):
+    for name in ("kernels", "decoding", "serving", "training", "compile"):
         assert name in results and (out / f"{name}.png").stat().st_size > 1000
     assert "| strategy |" in stdout and (out / "results.md").read_text().startswith("# Benchmark")
 
@@ -127,3 +127,17 @@ def test_compile_section_reports_every_configuration(quick_run):
     assert all(t["met"] for t in c["targets"])
     assert "| kernel | configuration | arch | regs |" in (results_md := (quick_run[0] / "results.md").read_text())
     assert "em_inf_pass_kernel" in results_md
+
+
+def test_serving_reports_processor_bisection_and_latency(quick_run):
+    _, results, _ = quick_run
+    s = results["serving"]
+    assert s["processor"]["seconds_1_setting"] > 0 and s["processor"]["seconds_16_settings"] > 0
+    assert s["bisection"]["same_temperatures"] is True  # max_iter 10000 returns what 100 does on these rows
+    lat = s["latency"]
+    assert set(lat["scenarios"]) == {"plain alone", "beside plain", "beside worst em_inf",
+                                     "beside worst adaptive_temperature"}
+    assert all(0 < r["p50"] <= r["p99"] for r in lat["scenarios"].values())
+    assert lat["scenarios"]["beside plain"]["p50_ratio"] == 1.0
+    assert {t["target"] for t in s["targets"]} >= {"processor time, 16 settings / 1 setting",
+                                                  "adaptive T time, max_iter 10000 / 100"}
