@@ -17,6 +17,8 @@ Deliberate differences from the runner (README "LiveCodeBench" says the same):
 - the program runs in evals.sandbox (namespaces, rlimits, audit hooks) instead of under reliability_guard, with 4 GB
   of address space (the runner's comment says 4 GB; its call passes no limit); the runner's global deadline,
   (timeout + 1) * tests + 5 seconds, is the sandbox's wall-clock and CPU limit;
+- the runner's stop string "###" is applied to the text before extraction rather than during generation (the
+  extracted code is the same; token counts include what came after it);
 - a response without a complete code block is graded wrong without running it (the runner runs the empty program,
   which fails every test).
 """
@@ -41,6 +43,7 @@ DEFAULT_RELEASE = "release_v2"
 DEFAULT_START_DATE = "2023-05-01"
 DEFAULT_END_DATE = "2024-05-31"
 DEFAULT_TIMEOUT_S = 6  # the runner's --timeout default: seconds per test (SIGALRM, so whole seconds)
+STOP = "###"  # the runner's --stop default
 MEMORY_MB = 4096
 _HARNESS = Path(__file__).with_name("_lcb_harness.py")
 
@@ -100,9 +103,15 @@ def generic_messages(question: str, starter_code: str) -> list[dict]:
     return [{"role": "system", "content": SYSTEM_MESSAGE_GENERIC}, {"role": "user", "content": text}]
 
 
+def apply_stop(output: str) -> str:
+    """The runner generates with stop=["###"] (its --stop default): cutting the text at the first "###" leaves
+    what the runner's model would have returned, whatever our engine generated after it."""
+    return output.split(STOP, 1)[0]
+
+
 def extract_code(output: str) -> str:
     """The runner's extract_code for chat models: the lines between the last two lines containing ```, else ""."""
-    lines = output.split("\n")
+    lines = apply_stop(output).split("\n")
     fences = [i for i, line in enumerate(lines) if "```" in line]
     if len(fences) < 2:
         return ""
@@ -187,7 +196,7 @@ def load_rows(data_dir: Path | str | None, release: str) -> list[dict]:
 class LiveCodeBench(Task):
     name = "livecodebench"
     kind = "code"
-    default_max_tokens = 4096
+    default_max_tokens = 2000  # the runner's --max_tokens default
     description = "LiveCodeBench code generation (release_v2, 2023-05-01..2024-05-31: 511; runner's tests and limits)"
 
     def __init__(self, *args, **kwargs):

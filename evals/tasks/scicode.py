@@ -59,7 +59,7 @@ specified function header and the context provided by the initial steps.
 
 _PACKAGE = Path(__file__).with_name("_scicode_sandbox") / "scicode"
 # Bump when what dev_targets computes changes: cached targets from an older grader are not reused.
-TARGETS_VERSION = "2"
+TARGETS_VERSION = "3"
 
 
 def sandbox_package(h5: str | Path | None = None) -> dict[str, str]:
@@ -85,7 +85,9 @@ def h5_targets_line(step: dict) -> str:
 
 def _target_expr(test_case: str) -> tuple[str, str] | None:
     """Split a test case into (setup code, the expression compared with ``target``) by finding the last assert's call
-    or comparison that has ``target`` as an operand. None when the assert does not use ``target``."""
+    or comparison that has ``target`` as an operand. When the assert only compares ``target[0]``, ``target[1]``, ...
+    (constant indices from 0 up), the expression is the tuple of what each is compared with. None when the assert
+    does not use ``target``."""
     try:
         tree = ast.parse(test_case)
     except SyntaxError:
@@ -98,20 +100,35 @@ def _target_expr(test_case: str) -> tuple[str, str] | None:
     def is_target(n):
         return isinstance(n, ast.Name) and n.id == "target"
 
-    for node in ast.walk(last.test):
-        if isinstance(node, ast.Call) and any(is_target(a) for a in node.args):
-            others = [a for a in node.args if not is_target(a)]
+    def target_index(n):
+        if (isinstance(n, ast.Subscript) and is_target(n.value) and isinstance(n.slice, ast.Constant)
+                and type(n.slice.value) is int):
+            return n.slice.value
+        return None
+
+    def operand_groups():
+        for node in ast.walk(last.test):
+            if isinstance(node, ast.Call):
+                yield node.args
+            elif isinstance(node, ast.Compare):
+                yield [node.left, *node.comparators]
+
+    expr = None
+    by_index = {}
+    for ops in operand_groups():
+        if any(is_target(o) for o in ops):
+            others = [o for o in ops if not is_target(o)]
             if others:
                 expr = others[0]
                 break
-        if isinstance(node, ast.Compare):
-            ops = [node.left, *node.comparators]
-            if any(is_target(o) for o in ops):
-                others = [o for o in ops if not is_target(o)]
-                if others:
-                    expr = others[0]
-                    break
-    else:
+        for o in ops:
+            i = target_index(o)
+            others = [x for x in ops if target_index(x) is None and not is_target(x)]
+            if i is not None and others and i not in by_index:
+                by_index[i] = others[0]
+    if expr is None and by_index and sorted(by_index) == list(range(len(by_index))):
+        expr = ast.Tuple(elts=[by_index[i] for i in range(len(by_index))], ctx=ast.Load())
+    if expr is None:
         return None
     setup = [n for n in tree.body if n is not last]
     return ast.unparse(ast.Module(body=setup, type_ignores=[])), ast.unparse(expr)

@@ -132,6 +132,9 @@ def test_extraction_takes_the_last_fenced_block():
     assert extract_code("a\n```python\nx = 1\n```\ntext\n```python\ny = 2\nz = 3\n```\nbye") == "y = 2\nz = 3"
     assert extract_code("```python\nprint(1)") == ""
     assert extract_code("no code") == ""
+    # the runner stops generating at "###": nothing after it counts, a block it cuts is incomplete
+    assert extract_code("```python\nx = 1\n```\n### Explanation\n```python\ny = 2\n```") == "x = 1"
+    assert extract_code("```python\nx = 1  ### note\n```") == ""
 
 
 def _block(code):
