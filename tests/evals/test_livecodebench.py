@@ -26,7 +26,8 @@ LCB = FIXTURES / "livecodebench"
 
 
 def _task(**opts):
-    return get_task("livecodebench", data_dir=FIXTURES, **{"lcb_timeout": 1, **opts})
+    # 2 s per test: short, yet far above what the correct solutions need on a loaded machine
+    return get_task("livecodebench", data_dir=FIXTURES, **{"lcb_timeout": 2, **opts})
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +157,7 @@ CASES = [
     ("fix001_a", STDIN_CORRECT + "\nprint()\nprint('extra')", False, -2),
     ("fix001_a", "n = int(input())\nprint(1 // (n - n))", False, -4),
     ("fix001_a", "def f(:\n    pass", False, -4),
-    ("fix001_a", "import time\ntime.sleep(2.5)\n" + STDIN_CORRECT, False, -3),
+    ("fix001_a", "import time\ntime.sleep(3)\n" + STDIN_CORRECT, False, -3),
     ("fix001_a", "while True:\n    pass", False, -3),
     ("fix002_lc", CALL_CORRECT, True, None),
     ("fix002_lc", CALL_CORRECT.replace("< target", "<= target"), False, -2),
@@ -167,7 +168,7 @@ CASES = [
     ("fix002_lc", "class Solution:\n    def countPair(self, nums, target):\n        return 0", False, -4),
     ("fix002_lc", "class Solution:\n    def countPairs(self, nums, target):\n        while True:\n            pass",
      False, -3),
-    ("fix002_lc", CALL_CORRECT.replace("return sum", "import time\n        time.sleep(3)\n        return sum"), False,
+    ("fix002_lc", CALL_CORRECT.replace("return sum", "import time\n        time.sleep(4)\n        return sum"), False,
      -3),
     ("fix004_lc", "class Solution:\n    def digits(self, n):\n        return tuple(int(c) for c in str(n))", True, None),
     ("fix004_lc", "class Solution:\n    def digits(self, n):\n        return [c for c in str(n)]", False, -2),
@@ -190,17 +191,17 @@ def test_grading(samples, pid, code, passes, fail_code):
     else:
         assert results[-1] == fail_code, g.details
         assert all(r is True for r in results[:-1])
-    assert g.details["seconds"] < 10
+    assert not g.details["timed_out"]  # the per-test alarm decided, not the deadline
 
 
 def test_endless_loop_that_swallows_the_alarm_is_killed_by_the_deadline(samples):
     """The per-test alarm cannot stop a loop that catches it: the sandbox's deadline, the runner's global timeout
-    ((1 + 1) * 3 tests + 5 = 11 s here), kills it and every test counts as failed (-1)."""
+    ((2 + 1) * 3 tests + 5 = 14 s here), kills it and every test counts as failed (-1)."""
     code = ("while True:\n    try:\n        while True:\n            pass\n    except BaseException:\n        pass")
     g = _task().grade(samples["fix004_lc"], _block("class Solution:\n    def digits(self, n):\n" +
                                                     "\n".join("        " + line for line in code.split("\n"))))
     assert g.correct is False and g.details["timed_out"] and g.details["results"] == [-1, -1, -1]
-    assert g.details["seconds"] < 20
+    assert g.details["seconds"] < 30
 
 
 def test_exit_in_a_call_based_solution_fails(samples):
