@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lcb-release", default="release_v2", help="LiveCodeBench release tag (release_v1..v6, vN, vM_vN)")
     p.add_argument("--lcb-start-date", default="2023-05-01", help="LiveCodeBench: first contest date kept (YYYY-MM-DD)")
     p.add_argument("--lcb-end-date", default="2024-05-31", help="LiveCodeBench: last contest date kept (YYYY-MM-DD)")
-    p.add_argument("--lcb-timeout", type=int, default=6, help="LiveCodeBench: seconds per test (the runner's default 6)")
+    p.add_argument("--lcb-timeout", type=int, default=6, help="LiveCodeBench: seconds per test (the runner's default)")
     p.add_argument("--lcb-prompt-style", choices=("codeqwen", "generic"), default="codeqwen",
                    help="LiveCodeBench prompt: the runner's Qwen instruct style or its generic chat style")
     p.add_argument("--reference-system-prompt", action="store_true",

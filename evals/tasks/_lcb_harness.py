@@ -2,11 +2,11 @@
 
 It re-implements what lcb_runner/evaluation/testing_util.py (LiveCodeBench @28fef95) does inside its worker process:
 the two modes (stdin/stdout programs wrapped into a function and fed each test's input through a mocked stdin;
-call-based ``Solution`` methods called with each test's JSON arguments), the per-test SIGALRM time limit, LiveCodeBench's
-import header, the line-by-line comparison after stripping (with its Decimal fallback), and stopping at the first
-failing test. What it leaves to the sandbox: LiveCodeBench's ``reliability_guard`` (which nulls os.kill, os.remove,
-subprocess.Popen, ...) is replaced by the sandbox's real containment, and the runner's global deadline is the
-sandbox's wall-clock timeout.
+call-based ``Solution`` methods called with each test's JSON arguments), the per-test SIGALRM time limit,
+LiveCodeBench's import header, the line-by-line comparison after stripping (with its Decimal fallback), and stopping
+at the first failing test. What it leaves to the sandbox: LiveCodeBench's ``reliability_guard`` (which nulls os.kill,
+os.remove, subprocess.Popen, ...) is replaced by the sandbox's real containment, and the runner's global deadline is
+the sandbox's wall-clock timeout.
 
 Reads ``lcb_job.json`` ({code, inputs, outputs, fn_name, timeout}) from its directory and writes ``lcb_results.json``
 ({results, metadata}) there. Result codes are LiveCodeBench's: True passed, -2 wrong answer, -3 time limit exceeded,
@@ -18,7 +18,6 @@ import builtins
 import json
 import signal
 import sys
-import time
 from decimal import Decimal
 from io import StringIO
 from types import ModuleType

@@ -69,8 +69,8 @@ SYSTEM_MESSAGE_GENERIC = ("You are an expert Python programmer. You will be give
                           "tests.")
 FORMATTING_WITH_STARTER_CODE = ("You will use the following starter code to write the solution to the problem and "
                                 "enclose your code within delimiters.")
-FORMATTING_WITHOUT_STARTER_CODE = ("Read the inputs from stdin solve the problem and write the answer to stdout (do not "
-                                   "directly test on the sample inputs). Enclose your code within delimiters as "
+FORMATTING_WITHOUT_STARTER_CODE = ("Read the inputs from stdin solve the problem and write the answer to stdout (do "
+                                   "not directly test on the sample inputs). Enclose your code within delimiters as "
                                    "follows. Ensure that when the python program runs, it reads the inputs, runs the "
                                    "algorithm and writes output to STDOUT.")
 CODEQWEN_SYSTEM = "You are a helpful assistant."

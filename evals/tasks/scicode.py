@@ -1,14 +1,14 @@
 """SciCode: 65 main problems (test split) / 15 (dev split), generated step by step with the with-background prompt.
 
 Grading runs each step as SciCode's evaluator does (eval/scripts/test_generated_code.py @588b406): the step's program
-is the dependencies, the code so far and this step's code, then ``from scicode.parse.parse import process_hdf5_to_tuple``,
-``targets = process_hdf5_to_tuple(step_id, n)`` and each test case after ``target = targets[i]``; it passes when it
-exits 0. The ``scicode`` package those lines import (the test cases also import ``scicode.compare.cmp``) is our
-re-write of SciCode's, copied into the sandbox (evals/tasks/_scicode_sandbox). The targets come from SciCode's
-``test_data.h5`` (not in the offline data): ``--scicode-h5 PATH`` grades either split against it; without it the test
-split is generated but left ungraded (correct = None), and the dev split's targets are computed by running its
-``ground_truth_code`` in the sandbox (``dev_targets``). ``build_targets_h5`` writes such targets in test_data.h5's
-layout, which cross-checks the h5 path against the ground truth.
+is the dependencies, the code so far and this step's code, then ``from scicode.parse.parse import
+process_hdf5_to_tuple``, ``targets = process_hdf5_to_tuple(step_id, n)`` and each test case after ``target =
+targets[i]``; it passes when it exits 0. The ``scicode`` package those lines import (the test cases also import
+``scicode.compare.cmp``) is our re-write of SciCode's, copied into the sandbox (evals/tasks/_scicode_sandbox). The
+targets come from SciCode's ``test_data.h5`` (not in the offline data): ``--scicode-h5 PATH`` grades either split
+against it; without it the test split is generated but left ungraded (correct = None), and the dev split's targets are
+computed by running its ``ground_truth_code`` in the sandbox (``dev_targets``). ``build_targets_h5`` writes such
+targets in test_data.h5's layout, which cross-checks the h5 path against the ground truth.
 """
 
 from __future__ import annotations
@@ -268,7 +268,8 @@ class SciCode(Task):
                     step_pass[sid] = None  # the ground truth itself failed: cannot grade this step
                     continue
                 line = "import pickle as _pk\ntargets = _pk.load(open('targets.pkl', 'rb'))"
-                program, files = step_program(code_content, step, line), {**sandbox_package(), "targets.pkl": targets[sid]}
+                program = step_program(code_content, step, line)
+                files = {**sandbox_package(), "targets.pkl": targets[sid]}
             res = run_python(program, STEP_TIMEOUT_S, memory_mb=4096, files=files)
             step_pass[sid] = res.passed
         graded = [v for v in step_pass.values() if v is not None]

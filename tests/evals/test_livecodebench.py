@@ -162,20 +162,22 @@ CASES = [
     ("fix002_lc", CALL_CORRECT, True, None),
     ("fix002_lc", CALL_CORRECT.replace("< target", "<= target"), False, -2),
     # memorised public answers: the private tests catch it
-    ("fix002_lc", "class Solution:\n    def countPairs(self, nums, target):\n        if target == 2:\n            return 3\n"
-                  "        if target == -2:\n            return 10\n        return 0", False, -2),
+    ("fix002_lc", ("class Solution:\n    def countPairs(self, nums, target):\n        if target == 2:\n"
+                   "            return 3\n        if target == -2:\n            return 10\n        return 0"),
+     False, -2),
     ("fix002_lc", "class Solution:\n    def countPairs(self, nums, target):\n        return nums[10]", False, -4),
     ("fix002_lc", "class Solution:\n    def countPair(self, nums, target):\n        return 0", False, -4),
     ("fix002_lc", "class Solution:\n    def countPairs(self, nums, target):\n        while True:\n            pass",
      False, -3),
     ("fix002_lc", CALL_CORRECT.replace("return sum", "import time\n        time.sleep(4)\n        return sum"), False,
      -3),
-    ("fix004_lc", "class Solution:\n    def digits(self, n):\n        return tuple(int(c) for c in str(n))", True, None),
+    ("fix004_lc", "class Solution:\n    def digits(self, n):\n        return tuple(int(c) for c in str(n))", True,
+     None),
     ("fix004_lc", "class Solution:\n    def digits(self, n):\n        return [c for c in str(n)]", False, -2),
     ("fix005_b", "t = int(input())\nfor _ in range(t):\n    a, b = map(int, input().split())\n    print((a + b) / 2)",
      True, None),  # 2.5 vs 2.50: equal as decimals
-    ("fix005_b", "t = int(input())\nfor _ in range(t):\n    a, b = map(int, input().split())\n    print(f'{(a + b) / 2 + 1e-9:.9f}')",
-     False, -2),  # no float tolerance
+    ("fix005_b", ("t = int(input())\nfor _ in range(t):\n    a, b = map(int, input().split())\n"
+                  "    print(f'{(a + b) / 2 + 1e-9:.9f}')"), False, -2),  # no float tolerance
 ]
 
 

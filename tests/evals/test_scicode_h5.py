@@ -183,6 +183,7 @@ def test_dev_ground_truth_passes_through_h5_small(tmp_path):
 def test_dev_ground_truth_passes_through_h5_every_problem(tmp_path):
     dev, written, steps, _ = _dev_cross_check(None, tmp_path)
     n_steps = sum(len(s.reference["sub_steps"]) for s in dev)
-    print(f"SciCode dev through h5: {sum(steps.values())}/{len(steps)} steps pass; targets for {len(written)}/{n_steps}")
+    print(f"SciCode dev through h5: {sum(steps.values())}/{len(steps)} steps pass; "
+          f"targets for {len(written)}/{n_steps}")
     assert len(dev) == 15 and len(steps) == n_steps == 50
     assert all(steps.values()), [k for k, v in steps.items() if not v]
