@@ -198,10 +198,10 @@ def test_grading(samples, pid, code, passes, fail_code):
 
 def test_endless_loop_that_swallows_the_alarm_is_killed_by_the_deadline(samples):
     """The per-test alarm cannot stop a loop that catches it: the sandbox's deadline, the runner's global timeout
-    ((2 + 1) * 3 tests + 5 = 14 s here), kills it and every test counts as failed (-1)."""
+    ((1 + 1) * 3 tests + 5 = 11 s here), kills it and every test counts as failed (-1)."""
     code = ("while True:\n    try:\n        while True:\n            pass\n    except BaseException:\n        pass")
-    g = _task().grade(samples["fix004_lc"], _block("class Solution:\n    def digits(self, n):\n" +
-                                                    "\n".join("        " + line for line in code.split("\n"))))
+    method = "class Solution:\n    def digits(self, n):\n" + "\n".join("        " + ln for ln in code.split("\n"))
+    g = _task(lcb_timeout=1).grade(samples["fix004_lc"], _block(method))
     assert g.correct is False and g.details["timed_out"] and g.details["results"] == [-1, -1, -1]
     assert g.details["seconds"] < 30
 
