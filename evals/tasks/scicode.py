@@ -1,8 +1,14 @@
 """SciCode: 65 main problems (test split) / 15 (dev split), generated step by step with the with-background prompt.
 
-Grading needs each test case's ``target``. The test split's targets live only in SciCode's ``test_data.h5`` (not in
-the offline data): pass ``--scicode-h5 PATH`` to grade it; without it the test split is generated but left ungraded
-(correct = None). The dev split ships ``ground_truth_code``: we run it in the sandbox to produce the targets.
+Grading runs each step as SciCode's evaluator does (eval/scripts/test_generated_code.py @588b406): the step's program
+is the dependencies, the code so far and this step's code, then ``from scicode.parse.parse import
+process_hdf5_to_tuple``, ``targets = process_hdf5_to_tuple(step_id, n)`` and each test case after ``target =
+targets[i]``; it passes when it exits 0. The ``scicode`` package those lines import (the test cases also import
+``scicode.compare.cmp``) is our re-write of SciCode's, copied into the sandbox (evals/tasks/_scicode_sandbox). The
+targets come from SciCode's ``test_data.h5`` (not in the offline data): ``--scicode-h5 PATH`` grades either split
+against it; without it the test split is generated but left ungraded (correct = None), and the dev split's targets are
+computed by running its ``ground_truth_code`` in the sandbox (``dev_targets``). ``build_targets_h5`` writes such
+targets in test_data.h5's layout, which cross-checks the h5 path against the ground truth.
 """
 
 from __future__ import annotations
@@ -11,7 +17,6 @@ import ast
 import hashlib
 import json
 import os
-import pickle  # noqa: F401  (the programs we build use it inside the sandbox)
 from pathlib import Path
 
 from evals.data import locate, read_jsonl
@@ -52,88 +57,37 @@ specified function header and the context provided by the initial steps.
 5. Ensure your response is in the format of ```python``` and includes the necessary background as a comment at the top.
 """
 
-# Comparison helpers the test cases call (SciCode's scicode.compare.cmp, re-written).
-HELPERS = '''
-import numpy as _np
-def are_dicts_close(d1, d2, atol=1e-8, rtol=1e-5):
-    if set(d1.keys()) != set(d2.keys()):
-        return False
-    for k in d1:
-        a, b = d1[k], d2[k]
-        if isinstance(a, str) or isinstance(b, str):
-            if a != b:
-                return False
-        elif not _np.allclose(a, b, atol=atol, rtol=rtol):
-            return False
-    return True
-def are_csc_matrix_close(m1, m2):
-    return _np.allclose(m1.toarray(), m2.toarray())
-def cmp_tuple_or_list(v1, v2):
-    if len(v1) != len(v2):
-        return False
-    for a, b in zip(v1, v2):
-        if isinstance(a, dict):
-            if not are_dicts_close(a, b):
-                return False
-        elif hasattr(a, "toarray"):
-            if not are_csc_matrix_close(a, b):
-                return False
-        elif isinstance(a, bool):
-            if a != b:
-                return False
-        else:
-            try:
-                if not _np.allclose(a, b):
-                    return False
-            except (ValueError, TypeError):
-                if a != b:
-                    return False
-    return True
-'''
+_PACKAGE = Path(__file__).with_name("_scicode_sandbox") / "scicode"
+# Bump when what dev_targets computes changes: cached targets from an older grader are not reused.
+TARGETS_VERSION = "3"
 
-# Reads SciCode's test_data.h5 layout: {step}/test{i}/ holding var1..varN datasets or groups (list / dict /
-# sparse_matrix). Runs inside the sandbox, so the grader itself never needs h5py.
-H5_READER = '''
-import h5py as _h5
-def _h5_value(obj):
-    if isinstance(obj, _h5.Dataset):
-        v = obj[()]
-        return v.decode("utf-8") if isinstance(v, bytes) else v
-    keys = list(obj.keys())
-    if "list" in keys:
-        return [_h5_value(obj["list"][k]) for k in obj["list"].keys()]
-    if "sparse_matrix" in keys:
-        import scipy.sparse as _sp
-        g = obj["sparse_matrix"]
-        data, shape = g["data"][()], tuple(g["shape"][()])
-        if "row" in g:
-            return _sp.coo_matrix((data, (g["row"][()], g["col"][()])), shape=shape)
-        if "blocksize" in g:
-            return _sp.bsr_matrix((data, g["indices"][()], g["indptr"][()]), shape=shape, blocksize=tuple(g["blocksize"][()]))
-        return _sp.csr_matrix((data, g["indices"][()], g["indptr"][()]), shape=shape)
-    out = {}
-    for k, v in obj.items():
-        try:
-            kk = float(k)
-        except ValueError:
-            kk = k
-        out[kk] = _h5_value(v)
-    return out
-def _h5_targets(path, step, n):
-    res = []
-    with _h5.File(path, "r") as f:
-        for i in range(n):
-            g = f[f"{step}/test{i + 1}"]
-            keys = list(g.keys())
-            vals = [_h5_value(g[k]) for k in keys]
-            res.append(vals[0] if len(vals) == 1 else tuple(vals))
-    return res
-'''
+
+def sandbox_package(h5: str | Path | None = None) -> dict[str, str]:
+    """The files of our ``scicode`` package, named as the sandbox places them; with ``h5``, parse.py reads that file."""
+    files = {str(Path("scicode") / f.relative_to(_PACKAGE)): f.read_text() for f in sorted(_PACKAGE.rglob("*.py"))}
+    if h5 is not None:
+        files["scicode/parse/h5_path.txt"] = str(Path(h5).resolve())
+    return files
+
+
+def step_program(code_content: str, step: dict, targets_line: str) -> str:
+    """SciCode's test file for one step: the code, the targets, then each test case after ``target = targets[i]``."""
+    lines = [code_content, "", targets_line]
+    for i, tc in enumerate(step["test_cases"]):
+        lines += [f"target = targets[{i}]", "", *tc.split("\n")]
+    return "\n".join(lines) + "\n"
+
+
+def h5_targets_line(step: dict) -> str:
+    return (f"\nfrom scicode.parse.parse import process_hdf5_to_tuple\n\n"
+            f"targets = process_hdf5_to_tuple({step['step_number']!r}, {len(step['test_cases'])})")
 
 
 def _target_expr(test_case: str) -> tuple[str, str] | None:
     """Split a test case into (setup code, the expression compared with ``target``) by finding the last assert's call
-    or comparison that has ``target`` as an operand. None when the assert does not use ``target``."""
+    or comparison that has ``target`` as an operand. When the assert only compares ``target[0]``, ``target[1]``, ...
+    (constant indices from 0 up), the expression is the tuple of what each is compared with. None when the assert
+    does not use ``target``."""
     try:
         tree = ast.parse(test_case)
     except SyntaxError:
@@ -146,20 +100,35 @@ def _target_expr(test_case: str) -> tuple[str, str] | None:
     def is_target(n):
         return isinstance(n, ast.Name) and n.id == "target"
 
-    for node in ast.walk(last.test):
-        if isinstance(node, ast.Call) and any(is_target(a) for a in node.args):
-            others = [a for a in node.args if not is_target(a)]
+    def target_index(n):
+        if (isinstance(n, ast.Subscript) and is_target(n.value) and isinstance(n.slice, ast.Constant)
+                and type(n.slice.value) is int):
+            return n.slice.value
+        return None
+
+    def operand_groups():
+        for node in ast.walk(last.test):
+            if isinstance(node, ast.Call):
+                yield node.args
+            elif isinstance(node, ast.Compare):
+                yield [node.left, *node.comparators]
+
+    expr = None
+    by_index = {}
+    for ops in operand_groups():
+        if any(is_target(o) for o in ops):
+            others = [o for o in ops if not is_target(o)]
             if others:
                 expr = others[0]
                 break
-        if isinstance(node, ast.Compare):
-            ops = [node.left, *node.comparators]
-            if any(is_target(o) for o in ops):
-                others = [o for o in ops if not is_target(o)]
-                if others:
-                    expr = others[0]
-                    break
-    else:
+        for o in ops:
+            i = target_index(o)
+            others = [x for x in ops if target_index(x) is None and not is_target(x)]
+            if i is not None and others and i not in by_index:
+                by_index[i] = others[0]
+    if expr is None and by_index and sorted(by_index) == list(range(len(by_index))):
+        expr = ast.Tuple(elts=[by_index[i] for i in range(len(by_index))], ctx=ast.Load())
+    if expr is None:
         return None
     setup = [n for n in tree.body if n is not last]
     return ast.unparse(ast.Module(body=setup, type_ignores=[])), ast.unparse(expr)
@@ -171,7 +140,7 @@ def _cache_dir() -> Path:
 
 def dev_targets(problem: dict) -> dict[str, bytes | None]:
     """Pickled target lists per step of a dev problem, computed by running its ground-truth code (cached on disk)."""
-    key = hashlib.sha256(json.dumps(problem, sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256((TARGETS_VERSION + json.dumps(problem, sort_keys=True)).encode()).hexdigest()[:16]
     cache = _cache_dir() / "scicode_targets" / f"{problem['problem_id']}-{key}.json"
     if cache.exists():
         return {k: (bytes.fromhex(v) if v is not None else None) for k, v in json.loads(cache.read_text()).items()}
@@ -179,7 +148,7 @@ def dev_targets(problem: dict) -> dict[str, bytes | None]:
     gt_code = []
     for step in problem["sub_steps"]:
         gt_code.append(step["ground_truth_code"])
-        lines = [problem["required_dependencies"], *gt_code, HELPERS, "import pickle", "_targets = []"]
+        lines = [problem["required_dependencies"], *gt_code, "import pickle", "_targets = []"]
         for tc in step["test_cases"]:
             split = _target_expr(tc)
             if split is None:
@@ -188,11 +157,35 @@ def dev_targets(problem: dict) -> dict[str, bytes | None]:
                 setup, expr = split
                 lines.append(f"{setup}\n_targets.append({expr})")
         lines.append("pickle.dump(_targets, open('targets.pkl', 'wb'))")
-        res = run_python("\n".join(lines), STEP_TIMEOUT_S, memory_mb=4096, collect=("targets.pkl",))
+        res = run_python("\n".join(lines), STEP_TIMEOUT_S, memory_mb=4096, files=sandbox_package(),
+                         collect=("targets.pkl",))
         out[step["step_number"]] = res.collected.get("targets.pkl") if res.passed else None
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps({k: (v.hex() if v is not None else None) for k, v in out.items()}))
     return out
+
+
+def build_targets_h5(problems: list[dict], path: str | Path) -> list[str]:
+    """Writes the dev problems' ground-truth targets (``dev_targets``) into ``path`` in test_data.h5's layout and
+    returns the steps written (those whose ground truth ran). The file is written inside the sandbox by our
+    scicode.parse.parse, so the host never unpickles what sandboxed code produced."""
+    files = sandbox_package()
+    steps = []
+    for problem in problems:
+        for sid, blob in dev_targets(problem).items():
+            if blob is not None:
+                files[f"targets/{sid}.pkl"] = blob
+                steps.append(sid)
+    program = ("import pickle\nimport h5py\nfrom scicode.parse.parse import save_step_targets\n"
+               "with h5py.File('targets.h5', 'w') as f:\n"
+               f"    for sid in {steps!r}:\n"
+               "        with open(f'targets/{sid}.pkl', 'rb') as t:\n"
+               "            save_step_targets(f, sid, pickle.load(t))\n")
+    res = run_python(program, STEP_TIMEOUT_S, memory_mb=4096, files=files, collect=("targets.h5",))
+    if not res.passed or "targets.h5" not in res.collected:
+        raise RuntimeError(f"writing the targets file failed: {res.stderr_tail[-2000:]}")
+    Path(path).write_bytes(res.collected["targets.h5"])
+    return steps
 
 
 class SciCode(Task):
@@ -205,6 +198,9 @@ class SciCode(Task):
         split = self.options.get("scicode_split") or "test"
         if split not in ("test", "dev"):
             raise ValueError(f"--scicode-split must be test or dev, got {split!r}")
+        h5 = self.options.get("scicode_h5")
+        if h5 and not Path(h5).is_file():
+            raise ValueError(f"--scicode-h5 must be an existing file (SciCode's test_data.h5), got {str(h5)!r}")
         path = locate(self.data_dir, "scicode/problems_all.jsonl" if split == "test" else "scicode/problems_dev.jsonl")
         return [Sample(id=p["problem_id"], prompt=[], reference=p, meta={"split": split,
                                                                           "steps": len(p["sub_steps"])})
@@ -255,7 +251,7 @@ class SciCode(Task):
         split = sample.meta.get("split", "test")
         if split == "test" and not h5:
             return Grade(correct=None, extracted=None, details={"reason": "no test_data.h5 (--scicode-h5)"})
-        targets = dev_targets(problem) if split == "dev" else None
+        targets = dev_targets(problem) if not h5 else None
         step_pass = {}
         for k, step in enumerate(problem["sub_steps"]):
             sid = step["step_number"]
@@ -264,20 +260,17 @@ class SciCode(Task):
             if k >= len(codes):
                 step_pass[sid] = False
                 continue
-            parts = [problem["required_dependencies"], *codes[:k + 1], HELPERS]
-            files = {}
-            n = len(step["test_cases"])
-            if split == "dev":
+            code_content = "\n\n".join([problem["required_dependencies"], *codes[:k + 1]])
+            if h5:
+                program, files = step_program(code_content, step, h5_targets_line(step)), sandbox_package(h5)
+            else:
                 if targets.get(sid) is None:
                     step_pass[sid] = None  # the ground truth itself failed: cannot grade this step
                     continue
-                files["targets.pkl"] = targets[sid]
-                parts.append("import pickle as _pk\n_targets = _pk.load(open('targets.pkl', 'rb'))")
-            else:
-                parts.append(H5_READER + f"\n_targets = _h5_targets({str(h5)!r}, {sid!r}, {n})")
-            for i, tc in enumerate(step["test_cases"]):
-                parts.append(f"target = _targets[{i}]\n{tc}")
-            res = run_python("\n\n".join(parts), STEP_TIMEOUT_S, memory_mb=4096, files=files)
+                line = "import pickle as _pk\ntargets = _pk.load(open('targets.pkl', 'rb'))"
+                program = step_program(code_content, step, line)
+                files = {**sandbox_package(), "targets.pkl": targets[sid]}
+            res = run_python(program, STEP_TIMEOUT_S, memory_mb=4096, files=files)
             step_pass[sid] = res.passed
         graded = [v for v in step_pass.values() if v is not None]
         correct = bool(graded) and all(graded) if graded else None
