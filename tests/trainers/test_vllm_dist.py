@@ -51,3 +51,16 @@ def test_resume_reloads_the_engines_and_is_bit_exact(results):
         assert r["at_resume"]["engine"] == r["at_resume"]["hf"], r["rank"]
         assert r["resume_differs_from_final"]
         assert r["weights_equal"] and r["metrics_equal"], r["rank"]
+
+
+def test_rollout_engine_flags(tiny_model, prompts_file, tmp_path):
+    from trainers.cli import build_parser
+    from trainers.trainer import TrainConfig
+
+    args = build_parser().parse_args(["em_rl_token", "--model", "m", "--data", "d", "--output", "o",
+                                      "--rollout-backend", "vllm", "--rollout-gpu-memory", "0.25", "--rollout-sleep"])
+    assert (args.rollout_gpu_memory, args.rollout_sleep) == (0.25, True)
+    assert build_parser().parse_args(["em_ft", "--model", "m", "--data", "d", "--output", "o"]).rollout_sleep is False
+    with pytest.raises(ValueError, match="--rollout-gpu-memory"):
+        TrainConfig(algo="em_rl_token", model=tiny_model, data=prompts_file, output=str(tmp_path),
+                    rollout_backend="vllm", rollout_gpu_memory=1.5).validate()
