@@ -8,6 +8,9 @@ about 25 GiB (five [N, V] fp32 tensors at its peak), more than a 24 GiB machine 
 the ratios are then measured at the largest power-of-two N (>= 2048) whose unfused run fits in the free memory, at
 the full V and D, and every target entry says at which N it was measured.
 
+Full (not --quick) CPU runs add ``rollout_torchrun`` (bench/training_rollout.py): rollout tokens/s, step time and
+weight-sync time of HF generate against colocated vLLM engines under 2 torchrun processes.
+
 CUDA: three variants per shape and dtype: "fused" (the Triton path, backend="triton"), "chunked_torch" (the same
 chunking with torch elementwise ops per chunk, backend="torch": the Liger-Kernel-style baseline) and "unfused".
 The same trainers.bench_ops runner: each variant runs once at full size first (Triton compiles one kernel per
@@ -66,6 +69,10 @@ def run(device: torch.device, quick: bool = False, model: str | None = None, pro
     section = {"rows": rows, "targets": _targets(rows, device)}
     if device.type == "cuda":
         section["vs_chunked_torch"] = _vs_chunked(rows)
+    if not quick and device.type == "cpu":  # HF vs colocated vLLM rollouts, 2 torchrun processes (minutes)
+        from bench import training_rollout
+
+        section["rollout_torchrun"] = training_rollout.run(model or training_rollout.DEFAULT_MODEL)
     return section
 
 
@@ -133,6 +140,10 @@ def markdown(section: dict) -> str:
     for t in section["targets"]:
         lines.append(f"\n- {t['target']}: {t['value']:.3f} (goal <= {t['goal']:.3f}) "
                      f"{'met' if t['met'] else 'NOT met'}" + (f"; {t['note']}" if t.get("note") else ""))
+    if "rollout_torchrun" in section:
+        from bench import training_rollout
+
+        lines += ["", training_rollout.markdown(section["rollout_torchrun"])]
     return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ from the same ``kernels`` ops (vLLM: the ``engine.vllm_plugin`` logits processor
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import time
@@ -159,20 +160,34 @@ class HFBackend:
 
 
 class VLLMBackend:
+    """Decoding through an offline ``vllm.LLM``.
+
+    colocate: this process is one rank of a ``torchrun`` job that already holds a ``torch.distributed`` group (the
+    trainer's); the engine is built as one independent replica of that job (vLLM's ``external_launcher`` executor,
+    tensor parallel 1: one engine per rank, on the rank's own device ``LOCAL_RANK``, its own prompts), in this
+    process (VLLM_ENABLE_V1_MULTIPROCESSING=0), and ``close`` leaves the job's group alive. gpu_memory_utilization:
+    the share of the device this engine may take (weights + KV cache; CUDA, where the trainer shares the GPU).
+    sleep_mode: build the engine so that ``sleep``/``wake_up`` can release and restore its weights and KV cache
+    (CUDA only; vLLM-CPU's worker ignores sleep, so it is not asked for there).
+    """
+
     name = "vllm"
 
     def __init__(self, path: str, dtype: str | None, device: str, seed: int, max_model_len: int, eos_ids: list[int],
-                 max_num_seqs: int | None = None, enforce_eager: bool | None = None):
+                 max_num_seqs: int | None = None, enforce_eager: bool | None = None, colocate: bool = False,
+                 gpu_memory_utilization: float | None = None, sleep_mode: bool = False):
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default would claim far more
         # vLLM-CPU keeps one core free for an API front-end by default; LLM.generate has none (the caller blocks
         # while the engine steps), so on a 2-core machine that default halves the model's threads (measured:
         # 112 -> 165 tokens/s at 16 sequences on smollm2-135m; 175 with the engine in-process).
         os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        if colocate:
+            os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # external_launcher requires it (vLLM sets it too)
         from vllm import LLM
 
         from engine.vllm_plugin import EMLogitsProcessor
 
-        on_cpu = device == "cpu"
+        on_cpu = device.split(":")[0] == "cpu"
         kwargs: dict[str, Any] = dict(
             model=path,
             tokenizer=path,
@@ -182,6 +197,11 @@ class VLLMBackend:
         )
         if max_num_seqs is not None:
             kwargs["max_num_seqs"] = max_num_seqs
+        if gpu_memory_utilization is not None:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        self.sleep_mode = bool(sleep_mode) and not on_cpu
+        if self.sleep_mode:
+            kwargs["enable_sleep_mode"] = True
         if not _plugin_registered():
             kwargs["logits_processors"] = [EMLogitsProcessor]
         if on_cpu:
@@ -194,9 +214,16 @@ class VLLMBackend:
                           max_num_batched_tokens=max(max_model_len, 8192))
         elif enforce_eager is not None:
             kwargs["enforce_eager"] = enforce_eager
+        self.colocate = bool(colocate)
+        if self.colocate:
+            # One engine per torchrun rank (TRL's "colocate" mode): vLLM joins the job's existing group instead of
+            # starting its own, and places the worker by RANK / LOCAL_RANK. With tensor parallel 1 the replicas
+            # never talk to each other after start-up (the start-up takes the minimum KV budget over the ranks).
+            kwargs["distributed_executor_backend"] = "external_launcher"
         self.llm = LLM(**kwargs)
         self.path = path
         self.eos_ids = sorted(eos_ids)
+        self.asleep = False
 
     def num_parameters(self) -> int:
         return count_parameters_meta(self.path)
@@ -236,20 +263,71 @@ class VLLMBackend:
 
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> None:
         # vLLM's in-place reload (Worker.reload_weights): the model's own load_weights maps the HF names onto its
-        # fused layers, then the layers' post-load processing (e.g. CPU GEMM weight packing) is redone. A list, not
-        # a generator, so it could be serialised to an out-of-process engine (only the in-process one is tested).
+        # fused layers, then the layers' post-load processing (e.g. CPU GEMM weight packing) is redone. An engine in
+        # this process consumes the iterable as it goes (a producer that gathers one tensor at a time never holds
+        # the whole model); an out-of-process engine gets a list, which can be serialised.
+        if not self._in_process():
+            named_tensors = list(named_tensors)
         self.llm.collective_rpc("reload_weights",
-                                kwargs={"weights_iterator": list(named_tensors), "is_checkpoint_format": True})
+                                kwargs={"weights_iterator": named_tensors, "is_checkpoint_format": True})
         # KV blocks computed with the old weights must not be reused for a prompt seen before the update.
         self.llm.reset_prefix_cache()
+
+    def _in_process(self) -> bool:
+        core = getattr(self.llm.llm_engine, "engine_core", None)
+        return type(core).__name__ == "InprocClient"
+
+    def sleep(self, level: int = 2) -> bool:
+        """Release the KV cache (and at level 2 the weights; level 1 offloads them to host memory) until
+        ``wake_up``; False (nothing done) when the engine was not built with sleep mode."""
+        if not self.sleep_mode or self.asleep:
+            return False
+        self.llm.sleep(level=level)
+        self.asleep = True
+        return True
+
+    def wake_up(self, tags: list[str] | None = None) -> bool:
+        """Reallocate what ``sleep`` released: ``["weights"]`` first to load new weights into, then None for the
+        rest (KV cache, scheduling). False when the engine was not asleep."""
+        if not self.asleep:
+            return False
+        self.llm.wake_up(tags)
+        if tags is None:
+            self.asleep = False
+        return True
 
     def close(self) -> None:
         llm, self.llm = self.llm, None
         if llm is not None:
             core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
             if core is not None and hasattr(core, "shutdown"):
-                core.shutdown()
+                with _keep_default_group(self.colocate):
+                    core.shutdown()
             del llm
+
+
+@contextlib.contextmanager
+def _keep_default_group(keep: bool):
+    """vLLM's in-process shutdown ends with ``torch.distributed.destroy_process_group()``, which would take the
+    torchrun job's default group (the trainer's) down with the engine; a colocated engine destroys only its own
+    subgroups."""
+    import torch.distributed as dist
+
+    if not (keep and dist.is_available() and dist.is_initialized()):
+        yield
+        return
+    original = dist.destroy_process_group
+
+    def destroy(group=None):
+        if group is None or group is dist.GroupMember.WORLD:
+            return
+        original(group)
+
+    dist.destroy_process_group = destroy
+    try:
+        yield
+    finally:
+        dist.destroy_process_group = original
 
 
 def torch_dtype(dtype: str | None, device: str) -> torch.dtype | str:

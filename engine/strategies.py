@@ -171,6 +171,8 @@ class Generator:
     ``generate`` call), default vLLM's own and 16 on HF; fixing it makes strategies comparable at equal concurrency.
     enforce_eager (vLLM only): None means eager on CPU, where compiling the model takes about a minute on 2 cores
     (it then decodes ~1.35x faster: worth it for long runs such as the benchmark), and vLLM's default on GPU.
+    colocate, gpu_memory_utilization, sleep_mode (vLLM only, see ``engine.backends.VLLMBackend``): one engine per
+    rank of a torchrun job that already holds a process group; the engine's share of the GPU; ``sleep``/``wake_up``.
     """
 
     def __init__(
@@ -183,6 +185,9 @@ class Generator:
         device: str | None = None,
         max_num_seqs: int | None = None,
         enforce_eager: bool | None = None,
+        colocate: bool = False,
+        gpu_memory_utilization: float | None = None,
+        sleep_mode: bool = False,
     ) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
@@ -215,7 +220,8 @@ class Generator:
         if use_vllm:
             try:
                 self._backend = VLLMBackend(self.path, dtype, device, self.seed, max_model_len, self._eos_ids,
-                                             max_num_seqs, enforce_eager)
+                                             max_num_seqs, enforce_eager, colocate=colocate,
+                                             gpu_memory_utilization=gpu_memory_utilization, sleep_mode=sleep_mode)
             except Exception as exc:
                 if backend == "vllm":
                     raise
@@ -269,6 +275,21 @@ class Generator:
         if self._backend is None:
             raise RuntimeError("this Generator is closed")
         self._backend.load_weights(named_tensors)
+
+    def sleep(self, level: int = 2) -> bool:
+        """Release the engine's KV cache (level 2: and its weights, which the next ``load_weights`` refills) while
+        the caller needs the memory, e.g. an RL training step. Only a vLLM engine built with ``sleep_mode`` on CUDA
+        sleeps; otherwise nothing happens and False is returned."""
+        if self._backend is None:
+            raise RuntimeError("this Generator is closed")
+        return bool(getattr(self._backend, "sleep", lambda level: False)(level))
+
+    def wake_up(self, tags: list[str] | None = None) -> bool:
+        """Undo ``sleep``: ``["weights"]`` before ``load_weights``, then None before generating. False when it
+        was not asleep."""
+        if self._backend is None:
+            raise RuntimeError("this Generator is closed")
+        return bool(getattr(self._backend, "wake_up", lambda tags: False)(tags))
 
     def __enter__(self) -> Generator:
         return self

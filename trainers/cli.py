@@ -66,8 +66,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--user-suffix", default=d.user_suffix)
     s.add_argument("--no-chat-template", dest="chat_template", action="store_false")
     s.add_argument("--rollout-backend", choices=["hf", "vllm"], default=d.rollout_backend,
-                   help="hf: generate on the in-memory policy (default); vllm: one in-process vLLM engine, "
-                   "weights synced after every update (single-process only, top_p 1)")
+                   help="hf: generate on the in-memory policy (default); vllm: one in-process vLLM engine per "
+                   "process (also under torchrun), weights synced after every update (top_p 1)")
+    s.add_argument("--rollout-gpu-memory", type=float, default=d.rollout_gpu_memory,
+                   help="vllm on CUDA: the share of each GPU the engine may take (weights + KV cache); the rest "
+                   "is the trainer's")
+    s.add_argument("--rollout-sleep", action="store_true",
+                   help="vllm on CUDA: release the engine's weights and KV cache during the training step "
+                   "(vLLM sleep level 2; refilled by the weight sync)")
     o = p.add_argument_group("runtime")
     o.add_argument("--save-every", type=int, default=d.save_every, help="checkpoint every K steps (0: at the end)")
     o.add_argument("--keep-checkpoints", type=int, default=d.keep_checkpoints)

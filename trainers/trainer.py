@@ -68,6 +68,8 @@ class TrainConfig:
     chunk_vocab: int = 8192
     progress: bool = True
     rollout_backend: str = "hf"  # hf: generate on the in-memory policy; vllm: an engine Generator, weights synced
+    rollout_gpu_memory: float = 0.3  # vllm on CUDA: each engine's share of its GPU (vLLM gpu_memory_utilization)
+    rollout_sleep: bool = False  # vllm on CUDA: sleep (level 2) through the training step, woken by the sync
 
     def validate(self) -> None:
         def need(ok: bool, name: str, what: str) -> None:
@@ -103,6 +105,7 @@ class TrainConfig:
             need(self.top_p == 1.0, "top_p", "must be 1 with --rollout-backend vllm (the engine samples the full "
                  "distribution)")
             need(self.temperature <= 2.0, "temperature", "must be <= 2 with --rollout-backend vllm")
+            need(0 < self.rollout_gpu_memory < 1, "rollout_gpu_memory", "must lie in (0, 1)")
         if self.algo in ("grpo", "rloo", "sc_rl") and self.n < 2:
             raise ValueError(f"--n-samples must be >= 2 for {self.algo}: its advantages compare the responses "
                              "of one prompt")
@@ -237,14 +240,13 @@ class Trainer:
     # ---- rollout engine -----------------------------------------------------------------------------------------
 
     def _start_engine(self):
-        """One vLLM engine on the initial checkpoint, in this process, then synced to the policy (which differs
-        from the checkpoint after --resume). Single-process only: under FSDP every rank would need the gathered
-        full weights and its own engine."""
+        """This process's vLLM engine on the initial checkpoint, then synced to the policy (which differs from the
+        checkpoint after --resume). Under torchrun every rank builds its own (colocated, TRL's "colocate" mode):
+        an in-process engine on the rank's device that joins the job's process group instead of starting one
+        (vLLM's external_launcher executor, tensor parallel 1), samples the rank's own prompts, and is refilled
+        from the gathered FSDP shards after every update (``_sync_engine``)."""
         import importlib.util
 
-        if self.dist.world > 1:
-            raise ValueError("--rollout-backend vllm runs single-process only (one in-process engine); under "
-                             "torchrun use --rollout-backend hf")
         if importlib.util.find_spec("vllm") is None:
             raise ValueError("--rollout-backend vllm but vLLM is not installed")
         from transformers import AutoConfig
@@ -253,23 +255,42 @@ class Trainer:
 
         # In-process engine: the weight sync hands it the policy's tensors directly, no serialisation.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        cfg = self.cfg
+        cfg, dev = self.cfg, self.dist.device
         max_len = cfg.max_prompt_tokens + cfg.max_new_tokens
         limit = getattr(AutoConfig.from_pretrained(self.model_path), "max_position_embeddings", None)
         if limit:
             max_len = min(max_len, int(limit))
-        devices = [self.dist.device] if self.dist.device.type == "cuda" else []
+        cuda = dev.type == "cuda"
+        devices = [dev] if cuda else []
         with torch.random.fork_rng(devices=devices):  # vLLM seeds the global RNGs at start-up; keep ours
             engine = Generator(self.model_path, backend="vllm", seed=cfg.seed, max_model_len=max_len,
-                               device=self.dist.device.type)
+                               device=dev.type, colocate=self.dist.world > 1,
+                               gpu_memory_utilization=cfg.rollout_gpu_memory if cuda else None,
+                               sleep_mode=cfg.rollout_sleep and cuda)
         self._sync_engine(engine)
         return engine
 
+    def _full_weights(self):
+        """The policy's weights under Hugging Face names, one full tensor at a time: under FSDP2 each DTensor shard
+        is all-gathered only when the consumer asks for it (every rank walks the same names in the same order), so
+        the gathered copy never exceeds one parameter (plus the ones the engine's layer buffers until that layer is
+        complete). Every state-dict name is sent, tied ones included: vLLM's in-place reload wants both
+        ``model.embed_tokens.weight`` and ``lm_head.weight`` of a tied model (without the second it decodes wrong)."""
+        from torch.distributed.tensor import DTensor
+
+        for name, t in self.policy.lm.state_dict().items():
+            t = t.detach()
+            yield name, (t.full_tensor() if isinstance(t, DTensor) else t)
+
     @torch.no_grad()
     def _sync_engine(self, engine=None) -> None:
-        """Push the policy's current weights (Hugging Face names) into the rollout engine."""
+        """Push the policy's current weights (Hugging Face names) into the rollout engine, streamed one gathered
+        tensor at a time (the engine loads each as it arrives, then redoes its post-load processing and resets its
+        prefix cache). A sleeping engine wakes its weights first and its KV cache after."""
         engine = engine or self.engine
-        engine.load_weights((k.removeprefix("lm."), v.detach()) for k, v in self.policy.state_dict().items())
+        engine.wake_up(["weights"])
+        engine.load_weights(self._full_weights())
+        engine.wake_up()
 
     def close(self) -> None:
         """Release the rollout engine (vLLM's memory); the trainer can not roll out afterwards."""
@@ -389,6 +410,8 @@ class Trainer:
                                           temperature=cfg.temperature, max_new_tokens=cfg.max_new_tokens,
                                           max_prompt_tokens=cfg.max_prompt_tokens,
                                           pad_id=self.tokenizer.pad_token_id, device=dev)
+            if cfg.rollout_sleep:
+                self.engine.sleep(level=2)  # the training step gets the engine's memory; the sync refills it
         else:
             batch = rollout.sample(self.policy, self.policy.lm, self.tokenizer, prompts, cfg.n, seed,
                                    temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens,
@@ -451,8 +474,11 @@ class Trainer:
             sums["grad_norm"] += float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
             self.optimizer.step()
             self.scheduler.step()
+        t_sync = None
         if self.engine is not None:
+            t0 = time.perf_counter()
             self._sync_engine()  # the next rollout samples from the updated policy
+            t_sync = time.perf_counter() - t0
         row.update({k: v / cfg.mini_batches for k, v in sums.items()})
         if not rl:
             row["entropy"] = row["train_entropy"]  # the first (or only) pass over the fresh samples
@@ -467,6 +493,8 @@ class Trainer:
         seconds = time.perf_counter() - t_start
         row.update(step=step + 1, lr=self.scheduler.get_last_lr()[0], rollout_s=t_rollout, step_s=seconds,
                    tokens_per_s=gen_tokens / seconds)
+        if t_sync is not None:
+            row["sync_s"] = t_sync  # gather + engine reload + prefix-cache reset, inside step_s
         return row
 
     # ---- the loop -----------------------------------------------------------------------------------------------
