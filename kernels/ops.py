@@ -165,7 +165,7 @@ def bisection_iterations(tmin: float, tmax: float, max_iter: int) -> int:
     hi, after which every iteration recomputes that midpoint, see kernels.reference) once lo and hi are neighbouring
     doubles: at the latest when its width falls below the spacing of doubles at tmin, the smallest in the interval.
     So n = ceil(log2((tmax - tmin) / ulp(tmin))) + 2 (the + 2 covers the midpoints' rounding): 61 for the default
-    [0.01, 1], 1057 for [1e-300, 1], 1 when tmin == tmax. tests/kernels/test_adaptive_temperature.py checks it on
+    [0.01, 1], 1051 for [1e-300, 1], 1 when tmin == tmax. tests/kernels/test_adaptive_temperature.py checks it on
     extreme intervals and paths. Arguments are checked as the op checks them.
     """
     mode = params.ADAPTIVE_TEMPERATURE
