@@ -5,8 +5,15 @@ Backends (all private, same signatures, same results):
 - ``kernels._cpu``: the compiled C++ extension ``kernels._C`` (csrc/), for CPU tensors.
 - ``kernels.reference``: the exact torch oracle, used when neither fits (with a one-time warning).
 
-No op syncs with the host: invalid rows (NaN, +inf, or nothing finite) are passed through unchanged and reported in
-the ``valid`` mask that ``return_valid=True`` returns.
+No op syncs with the host (one exception: CUDA EM-INF with a per-row ``steps`` tensor and no ``max_steps`` reads its
+maximum): invalid rows (NaN, +inf, or nothing finite) are passed through unchanged and reported in the ``valid``
+mask that ``return_valid=True`` returns.
+
+Hyper-parameters: kernels.params is their one schema (names, defaults, ranges); an argument left at None takes the
+schema's default at call time. Each is a Python scalar, checked on the host (ValueError naming it and its range), or
+a [B] tensor of per-row values on the logits' device, not checked (the kernels clamp integers to the schema's range
+and stay finite on any float). Per-row values, the ``rows`` mask and ``out`` (which may be the logits themselves)
+run in the same launches as scalars: one launch set for the whole batch.
 """
 
 from __future__ import annotations
