@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import warnings
 from types import ModuleType
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -70,7 +70,7 @@ def _check_logits(logits: torch.Tensor) -> None:
         raise ValueError("logits must have a non-empty vocabulary dimension V, got V = 0")
 
 
-ParamValue = Union[float, int, torch.Tensor]
+ParamValue = float | int | torch.Tensor
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 _INT_DTYPES = (torch.int32, torch.int64)
 

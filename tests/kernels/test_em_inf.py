@@ -108,7 +108,7 @@ def test_integer_values_are_clamped(backend):
     # steps beyond the range or the caller's bound, and negative: clamped, as the reference clamps them
     x = rows_of(6, 1000, torch.float32, backend.device, seed=3)[[0, 3, 4, 5]].contiguous()
     steps = torch.tensor([10**12, -7, 2, 4], dtype=torch.int64, device=backend.device)
-    out, valid = backend.em_inf(x, 0.1, steps, 0.05, 0.0, max_steps=3)
+    out, _ = backend.em_inf(x, 0.1, steps, 0.05, 0.0, max_steps=3)
     for b, n in enumerate([3, 0, 2, 3]):
         alone, _ = backend.em_inf(x[b : b + 1].clone(), 0.1, n, 0.05, 0.0)
         assert torch.equal(bits(out[b]), bits(alone[0])), b
