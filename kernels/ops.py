@@ -5,8 +5,15 @@ Backends (all private, same signatures, same results):
 - ``kernels._cpu``: the compiled C++ extension ``kernels._C`` (csrc/), for CPU tensors.
 - ``kernels.reference``: the exact torch oracle, used when neither fits (with a one-time warning).
 
-No op syncs with the host: invalid rows (NaN, +inf, or nothing finite) are passed through unchanged and reported in
-the ``valid`` mask that ``return_valid=True`` returns.
+No op syncs with the host (one exception: CUDA EM-INF with a per-row ``steps`` tensor and no ``max_steps`` reads its
+maximum): invalid rows (NaN, +inf, or nothing finite) are passed through unchanged and reported in the ``valid``
+mask that ``return_valid=True`` returns.
+
+Hyper-parameters: kernels.params is their one schema (names, defaults, ranges); an argument left at None takes the
+schema's default at call time. Each is a Python scalar, checked on the host (ValueError naming it and its range), or
+a [B] tensor of per-row values on the logits' device, not checked (the kernels clamp integers to the schema's range
+and stay finite on any float). Per-row values, the ``rows`` mask and ``out`` (which may be the logits themselves)
+run in the same launches as scalars: one launch set for the whole batch.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ from __future__ import annotations
 import math
 import warnings
 from types import ModuleType
-from typing import Any, Union
+from typing import Any
 
 import torch
 
@@ -63,7 +70,7 @@ def _check_logits(logits: torch.Tensor) -> None:
         raise ValueError("logits must have a non-empty vocabulary dimension V, got V = 0")
 
 
-ParamValue = Union[float, int, torch.Tensor]
+ParamValue = float | int | torch.Tensor
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 _INT_DTYPES = (torch.int32, torch.int64)
 
@@ -165,7 +172,7 @@ def bisection_iterations(tmin: float, tmax: float, max_iter: int) -> int:
     hi, after which every iteration recomputes that midpoint, see kernels.reference) once lo and hi are neighbouring
     doubles: at the latest when its width falls below the spacing of doubles at tmin, the smallest in the interval.
     So n = ceil(log2((tmax - tmin) / ulp(tmin))) + 2 (the + 2 covers the midpoints' rounding): 61 for the default
-    [0.01, 1], 1057 for [1e-300, 1], 1 when tmin == tmax. tests/kernels/test_adaptive_temperature.py checks it on
+    [0.01, 1], 1051 for [1e-300, 1], 1 when tmin == tmax. tests/kernels/test_adaptive_temperature.py checks it on
     extreme intervals and paths. Arguments are checked as the op checks them.
     """
     mode = params.ADAPTIVE_TEMPERATURE

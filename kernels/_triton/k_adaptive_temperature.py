@@ -72,6 +72,7 @@ from kernels._triton._common import (
     f64_bits,
     flags_update,
     next_pow2,
+    row_records,
     split_geometry,
     to_dtype_rne,
 )
@@ -87,6 +88,7 @@ REC = 2 + 2 * NC  # split partial record: max, validity code, s[NC], t[NC]
 SF = 8  # float64 fields of a state record: lo, hi, t, target_lo, target_hi
 SI = 8  # int32 fields of a state record: it, done, valid, sweeps, open (undecided by the brackets)
 ADAPTIVE_EPS = 1e-9
+NPRM = tl.constexpr(7)  # per-row parameter record (float64): tmin, tmax, max_iter, tol, target_ratio, threshold, active
 # float64 hyper-parameters passed as their bits: per-request values, so never value-specialised (see _common)
 _F64_ARGS = ("tmin_bits", "tmax_bits", "tol_bits", "ratio_bits", "thr_bits", "epsv_bits", "rel_bits")
 
@@ -189,6 +191,30 @@ def _brackets(s, t, eps_v, rel):
 @triton.jit
 def _lane(x, lane, NC: tl.constexpr):
     return tl.sum(tl.where(tl.arange(0, NC) == lane, x, 0.0), axis=0)
+
+
+@triton.jit
+def _row_params(prm_ptr, b, tmin_bits, tmax_bits, tol_bits, ratio_bits, thr_bits, max_iter, PER_ROW: tl.constexpr):
+    """Row b's (tmin, tmax, max_iter, tol, target_ratio, threshold, active): the scalar arguments, or with PER_ROW
+    its float64 record (max_iter clamped to [0, bound] by the launcher; any float value keeps every loop finite)."""
+    if PER_ROW:
+        p = prm_ptr + b * NPRM
+        tmin = tl.load(p + 0)
+        tmax = tl.load(p + 1)
+        mi = tl.load(p + 2).to(tl.int32)
+        tol = tl.load(p + 3)
+        ratio = tl.load(p + 4)
+        thr = tl.load(p + 5)
+        active = tl.load(p + 6) != 0.0
+    else:
+        tmin = f64_arg(tmin_bits)
+        tmax = f64_arg(tmax_bits)
+        mi = tl.zeros((), tl.int32) + max_iter
+        tol = f64_arg(tol_bits)
+        ratio = f64_arg(ratio_bits)
+        thr = f64_arg(thr_bits)
+        active = mi >= 0  # every row (a tensor bool)
+    return tmin, tmax, mi, tol, ratio, thr, active
 
 
 @triton.jit
@@ -336,16 +362,18 @@ def _merge_stats(base, t32, NSPLIT, NSPLIT_P2: tl.constexpr, REC: tl.constexpr, 
 
 
 @triton.jit(do_not_specialize=["NSPLIT", "tmin_bits", "tmax_bits"])
-def at_stats_kernel(x_ptr, part_ptr, stride_x, V, CHUNK, NSPLIT, tmin_bits, tmax_bits,
-                    BLOCK: tl.constexpr, LEVELS: tl.constexpr, NC: tl.constexpr, REC: tl.constexpr):
+def at_stats_kernel(x_ptr, part_ptr, prm_ptr, stride_x, V, CHUNK, NSPLIT, tmin_bits, tmax_bits,
+                    BLOCK: tl.constexpr, LEVELS: tl.constexpr, NC: tl.constexpr, REC: tl.constexpr,
+                    PER_ROW: tl.constexpr):
     """Sweep 1 (split): validity, max, and the online sums of the first group's 7 midpoints and of T = 1 (known
-    before any decision: they depend on tmin and tmax only)."""
+    before any decision: they depend on tmin and tmax only). A row left out (PER_ROW) reads nothing."""
     b = tl.program_id(0).to(tl.int64)
     k = tl.program_id(1)
     start = k * CHUNK
     end = tl.minimum(start + CHUNK, V)
-    _, t32 = _lane_temps(f64_arg(tmin_bits), f64_arg(tmax_bits), LEVELS, NC)
-    m, s, t, bad, fin = _sweep_stats(x_ptr + b * stride_x, start, end, t32, True, BLOCK, NC)
+    tmin, tmax, _, _, _, _, active = _row_params(prm_ptr, b, tmin_bits, tmax_bits, 0, 0, 0, 0, PER_ROW)
+    _, t32 = _lane_temps(tmin, tmax, LEVELS, NC)
+    m, s, t, bad, fin = _sweep_stats(x_ptr + b * stride_x, start, tl.where(active, end, start), t32, True, BLOCK, NC)
     rec = part_ptr + (b * NSPLIT + k) * REC
     lanes = tl.arange(0, NC)
     tl.store(rec + 0, m)
@@ -355,10 +383,11 @@ def at_stats_kernel(x_ptr, part_ptr, stride_x, V, CHUNK, NSPLIT, tmin_bits, tmax
 
 
 @triton.jit(do_not_specialize=["NSPLIT", "B", "GI", *_F64_ARGS, "max_iter"])
-def at_group_kernel(x_ptr, part_ptr, hc_ptr, sf_ptr, si_ptr, stride_x, V, CHUNK, NSPLIT, B, GI,
+def at_group_kernel(x_ptr, part_ptr, hc_ptr, sf_ptr, si_ptr, prm_ptr, stride_x, V, CHUNK, NSPLIT, B, GI,
                     tmin_bits, tmax_bits, tol_bits, ratio_bits, thr_bits, epsv_bits, rel_bits, max_iter,
                     NSPLIT_P2: tl.constexpr, BLOCK: tl.constexpr, LEVELS: tl.constexpr, NC: tl.constexpr,
-                    REC: tl.constexpr, SF: tl.constexpr, SI: tl.constexpr, RESOLVE: tl.constexpr):
+                    REC: tl.constexpr, SF: tl.constexpr, SI: tl.constexpr, RESOLVE: tl.constexpr,
+                    PER_ROW: tl.constexpr):
     """Group GI split across programs. State records: slot GI % 2 holds the state at the start of group GI, slot
     2 the bracket decision of the group in flight; program 0 of a row stores, every program computes the same.
 
@@ -375,9 +404,8 @@ def at_group_kernel(x_ptr, part_ptr, hc_ptr, sf_ptr, si_ptr, stride_x, V, CHUNK,
     row = x_ptr + b * stride_x
     gi = tl.zeros((), tl.int32) + GI
     first = gi == 0
-    tol = f64_arg(tol_bits)
-    thr = f64_arg(thr_bits)
-    ratio = f64_arg(ratio_bits)
+    tmin, tmax, max_iter, tol, ratio, thr, active = _row_params(prm_ptr, b, tmin_bits, tmax_bits, tol_bits,
+                                                                ratio_bits, thr_bits, max_iter, PER_ROW)
     lanes = tl.arange(0, NC)
     sf, si = _state_ptrs(sf_ptr, si_ptr, gi % 2, b, B, SF, SI)
     lo, hi, t, tg_lo, tg_hi, it, done, valid, cnt, _ = _load_state(sf, si)
@@ -397,12 +425,13 @@ def at_group_kernel(x_ptr, part_ptr, hc_ptr, sf_ptr, si_ptr, stride_x, V, CHUNK,
         tl.store(rec + 2 + lanes, s)
         tl.store(rec + 2 + NC + lanes, ts)
     else:
-        lo = tl.where(first, f64_arg(tmin_bits), lo)
-        hi = tl.where(first, f64_arg(tmax_bits), hi)
+        lo = tl.where(first, tmin, lo)
+        hi = tl.where(first, tmax, hi)
         tc, t32 = _lane_temps(lo, hi, LEVELS, NC)
         m, s, ts, valid_m = _merge_stats(part_ptr + b * NSPLIT * REC, t32, NSPLIT, NSPLIT_P2, REC, NC)
-        valid = tl.where(first, valid_m.to(tl.int32), valid)
-        done = tl.where(first, ((valid_m == 0) | (max_iter == 0)).to(tl.int32), done)
+        # a row left out: valid, T = 1, done before it starts
+        valid = tl.where(first, (valid_m | (active == 0)).to(tl.int32), valid)
+        done = tl.where(first, ((valid_m == 0) | (max_iter == 0) | (active == 0)).to(tl.int32), done)
         t = tl.where(first, 1.0, t)
         it = tl.where(first, 0, it)
         tg_lo = tl.where(first, 0.0, tg_lo)
@@ -419,29 +448,28 @@ def at_group_kernel(x_ptr, part_ptr, hc_ptr, sf_ptr, si_ptr, stride_x, V, CHUNK,
 
 
 @triton.jit(do_not_specialize=["NSPLIT", "B", "G", *_F64_ARGS, "max_iter"])
-def at_row_kernel(x_ptr, out_ptr, hc_ptr, sf_ptr, si_ptr, temps_ptr, valid_ptr, cnt_ptr, stride_x, stride_o, V,
-                  NSPLIT, B, G, tmin_bits, tmax_bits, tol_bits, ratio_bits, thr_bits, epsv_bits, rel_bits, max_iter,
-                  NSPLIT_P2: tl.constexpr, BLOCK: tl.constexpr, LEVELS: tl.constexpr, NC: tl.constexpr,
-                  SF: tl.constexpr, SI: tl.constexpr, FULL: tl.constexpr, OUT_BLOCK: tl.constexpr,
-                  COUNT: tl.constexpr):
+def at_row_kernel(x_ptr, out_ptr, hc_ptr, sf_ptr, si_ptr, temps_ptr, valid_ptr, cnt_ptr, prm_ptr, stride_x,
+                  stride_o, V, NSPLIT, B, G, tmin_bits, tmax_bits, tol_bits, ratio_bits, thr_bits, epsv_bits,
+                  rel_bits, max_iter, NSPLIT_P2: tl.constexpr, BLOCK: tl.constexpr, LEVELS: tl.constexpr,
+                  NC: tl.constexpr, SF: tl.constexpr, SI: tl.constexpr, FULL: tl.constexpr, OUT_BLOCK: tl.constexpr,
+                  COUNT: tl.constexpr, PER_ROW: tl.constexpr):
     """One program per row. FULL: the whole algorithm (first sweep, all groups, output) in this program.
     Else: resolve split group G - 1 (as at_group_kernel's RESOLVE), then run any remaining levels here; the output
     is written by at_out_kernel."""
     b = tl.program_id(0).to(tl.int64)
     row = x_ptr + b * stride_x
-    tol = f64_arg(tol_bits)
-    thr = f64_arg(thr_bits)
-    ratio = f64_arg(ratio_bits)
+    tmin, tmax, max_iter, tol, ratio, thr, active = _row_params(prm_ptr, b, tmin_bits, tmax_bits, tol_bits,
+                                                                ratio_bits, thr_bits, max_iter, PER_ROW)
     eps_v = f64_arg(epsv_bits)
     rel = f64_arg(rel_bits)
     not_first = tl.zeros((), tl.int32) != 0
     if FULL:
-        lo = f64_arg(tmin_bits)
-        hi = f64_arg(tmax_bits)
+        lo = tmin
+        hi = tmax
         tc, t32 = _lane_temps(lo, hi, LEVELS, NC)
-        m, s, ts, bad, fin = _sweep_stats(row, 0, V, t32, True, BLOCK, NC)
-        valid = (bad == 0) & (fin == 1)
-        done = ((valid == 0) | (max_iter == 0)).to(tl.int32)
+        m, s, ts, bad, fin = _sweep_stats(row, 0, tl.where(active, V, 0), t32, True, BLOCK, NC)
+        valid = ((bad == 0) & (fin == 1)) | (active == 0)  # a row left out: valid, T = 1, nothing read or written
+        done = ((valid == 0) | (max_iter == 0) | (active == 0)).to(tl.int32)
         t = tl.full((), 1.0, tl.float64)
         it = tl.zeros((), tl.int32)
         tg_lo = tl.zeros((), tl.float64)
@@ -472,7 +500,7 @@ def at_row_kernel(x_ptr, out_ptr, hc_ptr, sf_ptr, si_ptr, temps_ptr, valid_ptr, 
     if COUNT:
         tl.store(cnt_ptr + b, cnt + 1)  # + the output sweep
     if FULL:
-        _write_out(row, out_ptr + b * stride_o, 0, V, t32_final, valid, OUT_BLOCK)
+        _write_out(row, out_ptr + b * stride_o, 0, tl.where(active, V, 0), t32_final, valid, OUT_BLOCK)
 
 
 @triton.jit
@@ -488,11 +516,14 @@ def _write_out(row, orow, start, end, t32, valid, OUT_BLOCK: tl.constexpr):
 
 
 @triton.jit
-def at_out_kernel(x_ptr, out_ptr, temps_ptr, valid_ptr, stride_x, stride_o, V, CHUNK, OUT_BLOCK: tl.constexpr):
+def at_out_kernel(x_ptr, out_ptr, temps_ptr, valid_ptr, prm_ptr, stride_x, stride_o, V, CHUNK,
+                  OUT_BLOCK: tl.constexpr, PER_ROW: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     k = tl.program_id(1)
     start = k * CHUNK
     end = tl.minimum(start + CHUNK, V)
+    if PER_ROW:
+        end = tl.where(tl.load(prm_ptr + b * NPRM + 6) != 0.0, end, start)  # a row left out is not written
     valid = tl.load(valid_ptr + b) != 0
     _write_out(x_ptr + b * stride_x, out_ptr + b * stride_o, start, end, tl.load(temps_ptr + b), valid, OUT_BLOCK)
 
@@ -500,42 +531,57 @@ def at_out_kernel(x_ptr, out_ptr, temps_ptr, valid_ptr, stride_x, stride_o, V, C
 _BITS = {name: "i64" for name in _F64_ARGS}
 _SHAPE = {"BLOCK": (BLOCK,), "LEVELS": (LEVELS,), "NC": (NC,)}
 _STATE = {"sf_ptr": "fp64", "si_ptr": "i32"}
-STATS = KernelLaunch(at_stats_kernel, num_warps=NUM_WARPS, pointers={"x_ptr": LOGITS, "part_ptr": "fp32"},
-                     scalars={"tmin_bits": "i64", "tmax_bits": "i64"}, constexprs={**_SHAPE, "REC": (REC,)})
+_PER_ROW = {"PER_ROW": (False, True)}
+STATS = KernelLaunch(at_stats_kernel, num_warps=NUM_WARPS,
+                     pointers={"x_ptr": LOGITS, "part_ptr": "fp32", "prm_ptr": "fp64"},
+                     scalars={"tmin_bits": "i64", "tmax_bits": "i64"}, constexprs={**_SHAPE, "REC": (REC,), **_PER_ROW})
 GROUP = KernelLaunch(at_group_kernel, num_warps=NUM_WARPS,
-                     pointers={"x_ptr": LOGITS, "part_ptr": "fp32", "hc_ptr": "fp32", **_STATE}, scalars=_BITS,
+                     pointers={"x_ptr": LOGITS, "part_ptr": "fp32", "hc_ptr": "fp32", **_STATE, "prm_ptr": "fp64"},
+                     scalars=_BITS,
                      constexprs={**_SHAPE, "NSPLIT_P2": POW2_SPLITS[1:], "REC": (REC,), "SF": (SF,), "SI": (SI,),
-                                 "RESOLVE": (False, True)}, sizes=("NSPLIT_P2",))
+                                 "RESOLVE": (False, True), **_PER_ROW}, sizes=("NSPLIT_P2",))
 ROW = KernelLaunch(at_row_kernel, num_warps=NUM_WARPS,
                    pointers={"x_ptr": LOGITS, "out_ptr": LOGITS, "hc_ptr": "fp32", **_STATE, "temps_ptr": "fp32",
-                             "valid_ptr": "i8", "cnt_ptr": "i32"}, scalars=_BITS,
+                             "valid_ptr": "i8", "cnt_ptr": "i32", "prm_ptr": "fp64"}, scalars=_BITS,
                    constexprs={**_SHAPE, "NSPLIT_P2": POW2_SPLITS, "SF": (SF,), "SI": (SI,), "FULL": (False, True),
-                               "OUT_BLOCK": (OUT_BLOCK,), "COUNT": (False, True)}, sizes=("NSPLIT_P2",))
+                               "OUT_BLOCK": (OUT_BLOCK,), "COUNT": (False, True), **_PER_ROW}, sizes=("NSPLIT_P2",))
 OUT = KernelLaunch(at_out_kernel, num_warps=NUM_WARPS,
-                   pointers={"x_ptr": LOGITS, "out_ptr": LOGITS, "temps_ptr": "fp32", "valid_ptr": "i8"},
-                   constexprs={"OUT_BLOCK": (OUT_BLOCK,)})
+                   pointers={"x_ptr": LOGITS, "out_ptr": LOGITS, "temps_ptr": "fp32", "valid_ptr": "i8",
+                             "prm_ptr": "fp64"},
+                   constexprs={"OUT_BLOCK": (OUT_BLOCK,), **_PER_ROW})
 
 
 def adaptive_temperature(
     logits: torch.Tensor,
-    tmin: float,
-    tmax: float,
-    max_iter: int,
-    tol: float,
-    target_ratio: float,
-    threshold: float,
+    tmin,
+    tmax,
+    max_iter,
+    tol,
+    target_ratio,
+    threshold,
     num_splits: int | None = None,
     sweep_counts: torch.Tensor | None = None,
+    *,
+    rows: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    max_iter_bound: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """[B, V] any float dtype -> (logits / T same dtype, T [B] fp32, valid [B] bool), T exactly the reference's.
 
-    sweep_counts: optional int32 [B] tensor on the logits' device; the kernels write each row's number of sweeps
-    over the row into it (the output write included).
+    Hyper-parameters: Python scalars, or [B] tensors of per-row values (then, or with ``rows``, the kernels read a
+    [B, NPRM] float64 record per row built here by device ops; max_iter clamped to [0, 10000] and to
+    max_iter_bound). The launch count never needs a per-row max_iter's value: it is at most 2 * SPLIT_GROUPS + 2,
+    rows finishing in the one-program-per-row kernel's loop, so without max_iter_bound no host sync happens either.
+    out: where to write, may be the logits (the output sweep reads and writes each element once, after every other
+    sweep of its row). sweep_counts: optional int32 [B] tensor on the logits' device; the kernels write each row's
+    number of sweeps over the row into it (the output write included).
     """
+    from kernels import params
+
     x = as_rows(logits)
     batch, vocab = x.shape
     dev = x.device
-    out = torch.empty_like(x)
+    out = torch.empty_like(x) if out is None else out
     temps = torch.empty(batch, dtype=torch.float32, device=dev)
     valid = torch.empty(batch, dtype=torch.int8, device=dev)
     if batch == 0:
@@ -545,6 +591,18 @@ def adaptive_temperature(
         assert sweep_counts.dtype == torch.int32 and sweep_counts.shape == (batch,) and sweep_counts.device == dev
     # pointers the kernels do not touch in this configuration: one element of the described type (not a null pointer)
     cnt = sweep_counts if count else torch.empty(1, dtype=torch.int32, device=dev)
+    values = (tmin, tmax, max_iter, tol, target_ratio, threshold)
+    per_row = rows is not None or any(isinstance(v, torch.Tensor) for v in values)
+    high = int(params.ADAPTIVE_TEMPERATURE.param("max_iter").high)
+    bound = high if max_iter_bound is None else min(high, max_iter_bound)
+    if per_row:
+        prm = row_records(batch, dev, values, rows, int_cols={2: (0, bound)})
+        tmin = tmax = tol = target_ratio = threshold = 0.0  # not read
+        max_iter_launch = bound if isinstance(max_iter, torch.Tensor) else min(max_iter, bound)
+        max_iter = 0
+    else:
+        prm = torch.empty(1, dtype=torch.float64, device=dev)  # not read
+        max_iter_launch = max_iter
     eps_v, rel = bracket_params(vocab)
     bits = dict(
         tmin_bits=f64_bits(tmin),
@@ -560,9 +618,9 @@ def adaptive_temperature(
     if nsplit == 1:
         no_state = (torch.empty(1, dtype=torch.float64, device=dev), torch.empty(1, dtype=torch.int32, device=dev))
         ROW[(batch,)](
-            x, out, temps, *no_state, temps, valid, cnt, x.stride(0), out.stride(0), vocab, 1, batch, 0,
+            x, out, temps, *no_state, temps, valid, cnt, prm, x.stride(0), out.stride(0), vocab, 1, batch, 0,
             **bits, max_iter=max_iter, NSPLIT_P2=1, SF=SF, SI=SI, FULL=True, OUT_BLOCK=OUT_BLOCK, COUNT=count,
-            **consts,
+            PER_ROW=per_row, **consts,
         )
         return out, temps, valid.view(torch.bool)
 
@@ -572,20 +630,22 @@ def adaptive_temperature(
     part = torch.empty(batch, nsplit, REC, dtype=torch.float32, device=dev)
     h_part = torch.empty(batch, nsplit, NC, dtype=torch.float32, device=dev)
     grid = (batch, nsplit)
-    STATS[grid](x, part, x.stride(0), vocab, chunk, nsplit, bits["tmin_bits"], bits["tmax_bits"], REC=REC, **consts)
-    groups = max(1, min(triton.cdiv(max_iter, LEVELS), SPLIT_GROUPS))
-    common = (x, part, h_part, state_f, state_i, x.stride(0), vocab, chunk, nsplit, batch)
+    STATS[grid](x, part, prm, x.stride(0), vocab, chunk, nsplit, bits["tmin_bits"], bits["tmax_bits"], REC=REC,
+                PER_ROW=per_row, **consts)
+    groups = max(1, min(triton.cdiv(max_iter_launch, LEVELS), SPLIT_GROUPS))
+    common = (x, part, h_part, state_f, state_i, prm, x.stride(0), vocab, chunk, nsplit, batch)
     for g in range(groups):
         for resolve in (False, True) if g + 1 < groups else (False,):
             GROUP[grid](
                 *common, g, **bits, max_iter=max_iter, NSPLIT_P2=p2, REC=REC, SF=SF, SI=SI, RESOLVE=resolve,
-                **consts,
+                PER_ROW=per_row, **consts,
             )
     ROW[(batch,)](
-        x, out, h_part, state_f, state_i, temps, valid, cnt, x.stride(0), out.stride(0), vocab, nsplit, batch,
+        x, out, h_part, state_f, state_i, temps, valid, cnt, prm, x.stride(0), out.stride(0), vocab, nsplit, batch,
         groups, **bits, max_iter=max_iter, NSPLIT_P2=p2, SF=SF, SI=SI, FULL=False, OUT_BLOCK=OUT_BLOCK,
-        COUNT=count, **consts,
+        COUNT=count, PER_ROW=per_row, **consts,
     )
     out_nsplit, out_chunk = split_geometry(batch, vocab, OUT_BLOCK, dev, nsplit)
-    OUT[(batch, out_nsplit)](x, out, temps, valid, x.stride(0), out.stride(0), vocab, out_chunk, OUT_BLOCK=OUT_BLOCK)
+    OUT[(batch, out_nsplit)](x, out, temps, valid, prm, x.stride(0), out.stride(0), vocab, out_chunk,
+                             OUT_BLOCK=OUT_BLOCK, PER_ROW=per_row)
     return out, temps, valid.view(torch.bool)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import kernels
-from kernels import ops, reference
+from kernels import ops, params, reference
 
 
 def _rows(batch: int, vocab: int, scale: float = 2.0, seed: int = 0) -> torch.Tensor:
@@ -60,7 +60,9 @@ def test_ops_reject_bad_logits(op, bad):
 def test_error_message_names_the_allowed_range():
     with pytest.raises(ValueError) as info:
         kernels.em_inf(_rows(1, 8), lr=-3)
-    assert "(0.0, 100.0]" in str(info.value) and "-3" in str(info.value)
+    # the range as the schema (kernels.params) spells it: "(0, 100]"
+    assert params.EM_INF.param("lr").range_text() in str(info.value) and "(0, 100]" in str(info.value)
+    assert "-3" in str(info.value)
 
 
 # --- empty batches and bad rows ----------------------------------------------------------------------------------

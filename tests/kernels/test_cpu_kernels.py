@@ -12,19 +12,14 @@ rows, so that each batch holds rows on both sides of the EM-INF threshold. Compa
   from the decision boundaries (replayed in fp64), and then the output bit-equal too.
 
 Each kernel test runs twice (the `cpu` fixture): on the installed extension (-march=native: AVX-512 on the machines
-here) and on a copy of csrc/cpu JIT-built with AVX-512 turned off, which selects simd.h's AVX2 path (W = 8) that
-AVX2-only CPUs (AMD Zen 2/3, Intel client cores) get from their own -march=native build.
+here) and on a copy of csrc/cpu JIT-built with AVX-512 turned off (the `avx2_ext` fixture of conftest.py), which
+selects simd.h's AVX2 path (W = 8) that AVX2-only CPUs (AMD Zen 2/3, Intel client cores) get from their own
+-march=native build.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import platform
-import shutil
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
@@ -35,72 +30,6 @@ pytestmark = pytest.mark.skipif(not _cpu.available(), reason=f"kernels._C not bu
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 KINDS = ["typical", "masked", "near_uniform", "near_one_hot", "one_hot", "peaked"]
-
-CSRC = Path(__file__).resolve().parents[2] / "csrc" / "cpu"
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def _avx2_unsupported() -> str | None:
-    """Why this machine cannot run the AVX2 build, or None when it can."""
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        return f"not an x86-64 CPU ({platform.machine()})"
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next(line for line in f if line.startswith("flags")).split(":", 1)[1].split()
-    except (OSError, StopIteration) as exc:
-        reason = f"cannot read the CPU flags from /proc/cpuinfo ({exc!r})"
-        if _in_ci():  # unknown is not absent: CI must not lose these tests to it
-            pytest.fail(reason)
-        return reason
-    missing = sorted({"avx2", "fma", "f16c"} - set(flags))
-    return f"the CPU lacks {', '.join(missing)}" if missing else None
-
-
-class _Ext:
-    """The ops of a compiled kernels extension, called as kernels._cpu calls kernels._C."""
-
-    def __init__(self, module: ModuleType) -> None:
-        self.module = module
-
-    def entropy(self, logits: torch.Tensor) -> torch.Tensor:
-        return self.module.entropy(logits.contiguous())
-
-    def em_inf(self, logits: torch.Tensor, *args) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.module.em_inf(logits.contiguous(), *args)
-
-    def adaptive_temperature(self, logits: torch.Tensor, *args) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.module.adaptive_temperature(logits.contiguous(), *args)
-
-
-@pytest.fixture(scope="session")
-def avx2_ext(request, tmp_path_factory) -> _Ext:
-    """csrc/cpu built as setup.py builds it, with -mno-avx512f after -march=native: simd.h's AVX2 path. The build
-    directory lives in pytest's cache, so ninja recompiles (~1 min) only when csrc/cpu or the flags changed. A failed
-    build is an error, never a skip."""
-    reason = _avx2_unsupported()
-    if reason:
-        pytest.skip(f"AVX2 build of csrc/cpu not testable here: {reason}")
-    from torch.utils.cpp_extension import load
-
-    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider
-    build_dir = cache.mkdir("csrc_cpu_avx2") if cache is not None else tmp_path_factory.mktemp("csrc_cpu_avx2")
-    with pytest.MonkeyPatch.context() as mp:
-        if shutil.which("ninja") is None:  # the dev extra's ninja, in an environment run without activating it
-            mp.setenv("PATH", os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""))
-        module = load(
-            name="emk_avx2_C",
-            sources=[str(CSRC / "ops.cpp")],
-            extra_include_paths=[str(CSRC)],
-            extra_cflags=["-O3", "-fopenmp", "-ffp-contract=fast", "-march=native", "-mno-avx512f"],
-            extra_ldflags=["-fopenmp"],
-            build_directory=str(build_dir),
-        )
-    assert module.simd_width == 8, f"the AVX2 build selected W = {module.simd_width}, not simd.h's AVX2 path"
-    return _Ext(module)
-
 
 @pytest.fixture(scope="module", params=["native", "avx2"])
 def cpu(request):
