@@ -70,13 +70,15 @@ logger = logging.getLogger(__name__)
 
 class _SlotParams:
     """One mode's per-slot parameters: host arrays (numpy) and their device copies, rewritten only when the batch
-    changes. ``active[i]``: slot i runs this mode. ``bound``: the host-known bound on the op's loop (the largest
-    ``steps`` / useful bisection iterations among active slots), which sizes the Triton launch set."""
+    changes. ``active[i]``: slot i runs this mode. ``loop_bound[i]``: the host-known bound of slot i's loop
+    (``steps``, or the bisection iterations that can still change its interval), whose maximum over a step's rows
+    sizes the Triton launch set without a device sync."""
 
     def __init__(self, mode, size: int, device: torch.device, pin: bool):
         self.mode = mode
         self.device, self.pin = device, pin
-        self.host = {p.name: np.zeros(size, dtype=np.int32 if p.kind is int else np.float32) for p in mode.params}
+        # float64: a request's 0.1 must reach the kernel as the scalar call's 0.1, not as float32's 0.1f
+        self.host = {p.name: np.zeros(size, dtype=np.int32 if p.kind is int else np.float64) for p in mode.params}
         self.active = np.zeros(size, dtype=bool)
         self.loop_bound = np.zeros(size, dtype=np.int64)
         self.dev: dict[str, torch.Tensor] = {}

@@ -19,7 +19,6 @@ from pathlib import Path
 from evals.data import default_data_dir, read_jsonl
 from evals.grading import extract_answer, math_equal
 
-
 # ---------------------------------------------------------------- the reference's rules, re-implemented
 
 def ref_last_boxed(s: str) -> str | None:

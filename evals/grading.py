@@ -315,8 +315,13 @@ def _matrix_rows(s: str) -> list[list[str]] | None:
 
 def _sympy_parse(s: str):
     import sympy
-    from sympy.parsing.sympy_parser import (convert_xor, factorial_notation, implicit_multiplication_application,
-                                            parse_expr, standard_transformations)
+    from sympy.parsing.sympy_parser import (
+        convert_xor,
+        factorial_notation,
+        implicit_multiplication_application,
+        parse_expr,
+        standard_transformations,
+    )
 
     expr = latex_to_sympy_str(s)
     check_safe(expr)

@@ -98,7 +98,7 @@ def _resolve(mode: Mode, given: dict[str, Any], logits: torch.Tensor) -> dict[st
     values = {p.name: _check_param(p, p.default if given[p.name] is None else given[p.name], batch, device)
               for p in mode.params}
     if mode is params.ADAPTIVE_TEMPERATURE and not any(isinstance(values[n], torch.Tensor) for n in ("tmin", "tmax")):
-        mode._check_joint(values, lambda p: p.name)  # tmax >= tmin, when both are known on the host
+        mode.check_joint(values, lambda p: p.name)  # tmax >= tmin, when both are known on the host
     return values
 
 
@@ -136,31 +136,11 @@ def _check_out(out: Any, logits: torch.Tensor) -> torch.Tensor | None:
     batch, vocab = out.shape
     if (vocab > 1 and out.stride(1) != 1) or (batch > 1 and out.stride(0) < vocab):
         raise ValueError(f"out must have unit stride along V and non-overlapping rows, got strides {out.stride()}")
-    if out.numel() and logits.numel() and not _same_view(out, logits):
+    if out.numel() and logits.numel() and not reference.same_view(out, logits):
         (a0, a1), (b0, b1) = _span(out), _span(logits)
         if a0 < b1 and b0 < a1:
             raise ValueError("out must be the logits themselves (in place) or not overlap them")
     return out
-
-
-def _same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
-
-
-def _pass_through(logits: torch.Tensor, out: torch.Tensor | None, rows: torch.Tensor | None):
-    """(out, valid) of an op that changes no row: processed rows get the logits, unprocessed ones stay as they are."""
-    valid = reference.valid_rows(logits)
-    if rows is None:
-        if out is None:
-            return logits.clone(), valid
-        if not _same_view(out, logits):
-            out.copy_(logits)
-        return out, valid
-    if out is None:
-        out = logits.clone()
-    elif not _same_view(out, logits):
-        out.copy_(torch.where(rows[:, None], logits, out))
-    return out, valid | ~rows
 
 
 def bisection_iterations(tmin: float, tmax: float, max_iter: int) -> int:
@@ -236,7 +216,7 @@ def em_inf(
     if not isinstance(steps, torch.Tensor) and max_steps is not None:
         steps = min(steps, max_steps)
     if logits.shape[0] == 0 or (not isinstance(steps, torch.Tensor) and steps == 0) or max_steps == 0:
-        res, valid = _pass_through(logits, out, rows)
+        res, valid = reference.pass_through(logits, out, rows)
     else:
         if rows is not None and out is None:
             out = logits.clone()

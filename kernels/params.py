@@ -126,17 +126,17 @@ class Mode:
         full normalised dict. ``spell(param)`` names a parameter in errors (default: its op keyword)."""
         spell = spell or (lambda p: p.name)
         out = {p.name: p.check(values.get(p.name, p.default), spell(p)) for p in self.params}
-        self._check_joint(out, spell)
+        self.check_joint(out, spell)
         return out
 
     def from_request(self, extra_args: Mapping[str, Any]) -> dict[str, float | int]:
         """Op keyword -> value from flat request keys (``em_lr``...), missing keys at their defaults; errors name
         the user's key. Keys that are not this mode's are the caller's business."""
         out = {p.name: p.coerce(extra_args[p.key], p.key) if p.key in extra_args else p.default for p in self.params}
-        self._check_joint(out, lambda p: p.key)
+        self.check_joint(out, lambda p: p.key)
         return out
 
-    def _check_joint(self, values: dict[str, float | int], spell) -> None:
+    def check_joint(self, values: dict[str, float | int], spell) -> None:
         if self is ADAPTIVE_TEMPERATURE and values["tmax"] < values["tmin"]:
             tmin, tmax = self.param("tmin"), self.param("tmax")
             raise ValueError(f"{spell(tmax)} must be >= {spell(tmin)} ({values['tmin']!r}), got {values['tmax']!r}")

@@ -27,6 +27,27 @@ def valid_rows(logits: torch.Tensor) -> torch.Tensor:
     return no_nan_or_posinf & has_finite
 
 
+def same_view(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether a and b are the same elements of the same storage (an op's ``out`` that is its input)."""
+    return a.data_ptr() == b.data_ptr() and a.shape == b.shape and a.stride() == b.stride()
+
+
+def pass_through(logits: torch.Tensor, out: torch.Tensor | None, rows: torch.Tensor | None):
+    """(out, valid) of an op that changes no row: processed rows get the logits, unprocessed ones stay as they are."""
+    valid = valid_rows(logits)
+    if rows is None:
+        if out is None:
+            return logits.clone(), valid
+        if not same_view(out, logits):
+            out.copy_(logits)
+        return out, valid
+    if out is None:
+        out = logits.clone()
+    elif not same_view(out, logits):
+        out.copy_(torch.where(rows[:, None], logits, out))
+    return out, valid | ~rows
+
+
 def entropy(logits: torch.Tensor) -> torch.Tensor:
     """Shannon entropy in nats of softmax(logits) per row: logsumexp(z) - sum softmax(z) * z.
 

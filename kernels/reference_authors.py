@@ -20,7 +20,8 @@ from kernels.reference import EM_INF_EPS
 AUTHORS_PROB_CLAMP = 1e-9  # the authors clamp softmax probabilities to [1e-9, 1] before torch.multinomial
 
 
-def authors_em_inf_step(logits: torch.Tensor, lr: float, steps: int, kl_weight: float, threshold: float) -> torch.Tensor:
+def authors_em_inf_step(logits: torch.Tensor, lr: float, steps: int, kl_weight: float,
+                        threshold: float) -> torch.Tensor:
     """The authors' EM-INF optimisation (``ent_sample``), bugs included: returns z_final [B, V] fp32.
 
     One ``torch.nn.Parameter`` holds the whole [B, V] logits; entropy ``-sum q log(q + 1e-12)`` is summed over the

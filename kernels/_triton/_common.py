@@ -20,7 +20,6 @@ import triton
 import triton.language as tl
 
 
-
 @triton.jit
 def stats_update(m, s, t, x):
     """Fold a block x [BLOCK] fp32 (padding = -inf) into the running scalars (m, s, t)."""

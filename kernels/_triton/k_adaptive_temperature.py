@@ -66,6 +66,7 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import params
 from kernels._triton._common import (
     as_rows,
     f64_arg,
@@ -576,8 +577,6 @@ def adaptive_temperature(
     sweep of its row). sweep_counts: optional int32 [B] tensor on the logits' device; the kernels write each row's
     number of sweeps over the row into it (the output write included).
     """
-    from kernels import params
-
     x = as_rows(logits)
     batch, vocab = x.shape
     dev = x.device

@@ -33,17 +33,18 @@ import torch
 import triton
 import triton.language as tl
 
+from kernels import params, reference
 from kernels._triton._common import (
     as_rows,
     f64_arg,
     f64_bits,
     flags_update,
-    to_dtype_rne,
     merge_partials,
     next_pow2,
     row_records,
     split_geometry,
     stats_update,
+    to_dtype_rne,
 )
 from kernels._triton.launch import LOGITS, POW2_SPLITS, KernelLaunch
 
@@ -233,9 +234,6 @@ def em_inf(
     pass P re-reads z0 only for rows still running, and the pass that writes a row's output is the last to read
     it (in the same program, element by element), so in place is safe.
     """
-    from kernels import params
-    from kernels.ops import _pass_through
-
     x = as_rows(logits)
     batch, vocab = x.shape
     per_row = rows is not None or any(isinstance(v, torch.Tensor) for v in (lr, steps, kl_weight, threshold))
@@ -246,7 +244,7 @@ def em_inf(
         bound = steps if max_steps is None else min(steps, max_steps)
     bound = min(bound, high)
     if batch == 0 or bound == 0:
-        return _pass_through(logits, out, rows)
+        return reference.pass_through(logits, out, rows)
     nsplit, chunk = split_geometry(batch, vocab, BLOCK, x.device, num_splits)
     out = torch.empty_like(x) if out is None else out
     part = torch.empty(batch, bound, nsplit, 4, dtype=torch.float32, device=x.device)

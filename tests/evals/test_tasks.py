@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from evals.data import default_data_dir, read_jsonl
-from evals.tasks import TASKS, aime24_from_aimo, get_task
+from evals.tasks import aime24_from_aimo, get_task
 
 pytestmark = pytest.mark.skipif(default_data_dir() is None, reason="needs ../shared/benchmarks (or EVALS_DATA_DIR)")
 
