@@ -284,13 +284,18 @@ def _build_from_gguf(gguf: Path, out: Path) -> None:
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # The weights are already dequantised, but the model stays flagged as GGUF-quantised and transformers refuses
     # to save it; copy them into a plain model built from the same config minus the quantisation entry.
-    config = loaded.config
+    config, generation_config = loaded.config, loaded.generation_config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.dtype = torch.float32
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
-    model.generation_config = loaded.generation_config
+    # Built on the meta device and given the loaded tensors (assign): one copy of the weights in memory, not two
+    # (a 1.5B model is 6 GB in fp32; two copies got the build OOM-killed on a 23 GB machine shared with others).
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), assign=True)
+    model.tie_weights()
+    del loaded
+    model.generation_config = generation_config
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     _force_float32_config(out)
