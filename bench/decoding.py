@@ -108,9 +108,12 @@ def run(device: torch.device, quick: bool = False, model: str = "smollm2-135m-in
     if dtype == "auto" and device.type == "cpu" and chosen != "float32":
         from engine.cpu import cpu_dtype, greedy_agreement
 
-        dtype_check = greedy_agreement(model, chosen, [s.prompt for s in samples["gsm8k"]][:CHECK_PROMPTS],
-                                       max_tokens=CHECK_TOKENS, max_model_len=MAX_MODEL_LEN,
-                                       max_num_seqs=CONCURRENCY, enforce_eager=True)
+        def make(dt: str) -> Generator:
+            return Generator(model, device="cpu", seed=0, dtype=dt, max_model_len=MAX_MODEL_LEN,
+                             max_num_seqs=CONCURRENCY, enforce_eager=True)
+
+        dtype_check = greedy_agreement(make, chosen, [s.prompt for s in samples["gsm8k"]][:CHECK_PROMPTS],
+                                       max_tokens=CHECK_TOKENS)
         dtype_check["cpu_choice"] = cpu_dtype()
         if not dtype_check["accepted"]:
             chosen = "float32"

@@ -2,7 +2,7 @@
 
     from engine.cpu import cpu_dtype, greedy_agreement
     dtype, why = cpu_dtype()               # ("bfloat16", "amx_bf16") on an AMX Xeon, ("float32", ...) elsewhere
-    check = greedy_agreement("smollm2-135m-instruct", dtype, prompts)   # {"accepted": ..., ...}
+    check = greedy_agreement(lambda dt: Generator(model, dtype=dt, device="cpu"), dtype, prompts)
 
 bf16 is chosen only where the CPU computes it natively: AMX (amx_bf16) or AVX-512 BF16 (avx512_bf16). Elsewhere
 (every AVX2-only CPU, AVX-512 CPUs without BF16, and VMs whose hypervisor hides the flags, as cloud EPYC guests
@@ -77,26 +77,26 @@ def accept(fp32: list[list[int]], other: list[list[int]]) -> dict:
     return out
 
 
-def greedy_agreement(model: str, dtype: str, prompts: list, max_tokens: int = 48, backend: str | None = None,
-                     **generator_kwargs) -> dict:
-    """Decode ``prompts`` greedily in float32 and in ``dtype`` (same backend) and compare (``accept``); adds the
-    seconds each took."""
-    import time
+def greedy_agreement(make_generator, dtype: str, prompts: list, max_tokens: int = 48) -> dict:
+    """Decode ``prompts`` greedily in float32 and in ``dtype`` and compare (``accept``); adds the seconds each took.
 
-    from engine.strategies import Generator
+    ``make_generator(dtype)`` returns an ``engine.strategies.Generator`` on the CPU in that dtype (a factory, so that
+    this module does not import the strategies: they import the backends, which import this)."""
+    import time
 
     seqs, seconds = {}, {}
     for dt in ("float32", dtype):
-        gen = Generator(model, backend=backend, dtype=dt, device="cpu", **generator_kwargs)
+        gen = make_generator(dt)
         try:
             t0 = time.perf_counter()
             results = gen.generate(prompts, "greedy", max_tokens=max_tokens, progress=False)
             seconds[dt] = time.perf_counter() - t0
             seqs[dt] = [list(r.extra["token_ids"][0]) for r in results]
+            backend = gen.backend
         finally:
             gen.close()
     out = accept(seqs["float32"], seqs[dtype])
-    out.update(dtype=dtype, model=model, max_tokens=max_tokens, seconds=seconds)
+    out.update(dtype=dtype, backend=backend, max_tokens=max_tokens, seconds=seconds)
     return out
 
 
