@@ -69,7 +69,7 @@ N_SAMPLES = {"self_consistency": 4, "iterative_refinement": 3}  # the paper's N
 TEMPERATURE = 0.1  # the paper samples at 0.1 (adaptive temperature: 1.0 after its processor, as its scripts do)
 EM_INF_STEPS = 3
 CONCURRENCY = 16  # sequences decoded at once, for every strategy (the engine issue's "batch 16")
-MAX_MODEL_LEN = 2048  # prompt + every refinement round fit; within tiny-random's 2048 positions
+MAX_MODEL_LEN = 2048  # prompt + every refinement round fit at the default budget; within tiny-random's 2048 positions
 PAPER_VOCAB = 151936  # Qwen2.5's vocabulary: the processor's share of a step is also timed at this size
 CHECK_PROMPTS, CHECK_TOKENS = 4, 32  # the dtype check's greedy prompts and tokens (fp32 vs the candidate)
 # FLOPs of the op per vocabulary entry, per generated token: EM-INF ~25 per Adam step (softmax, entropy gradient,
@@ -100,6 +100,7 @@ def run(device: torch.device, quick: bool = False, model: str = "smollm2-135m-in
         raise ValueError(f"unknown strategies {unknown}; choose from {list(STRATEGIES)}")
     if "greedy" not in names:
         names.insert(0, "greedy")  # the paired comparisons are against greedy
+    max_model_len = _max_model_len(model, cfg["max_tokens"])
     tasks = {name: get_task(name) for name in TASKS}
     samples = {name: task.load(limit=cfg["prompts_per_task"]) for name, task in tasks.items()}
     queue = [s.prompt for task in tasks.values() for s in task.load(limit=cfg["throughput_prompts_per_task"])]
@@ -109,7 +110,7 @@ def run(device: torch.device, quick: bool = False, model: str = "smollm2-135m-in
         from engine.cpu import cpu_dtype, greedy_agreement
 
         def make(dt: str) -> Generator:
-            return Generator(model, device="cpu", seed=0, dtype=dt, max_model_len=MAX_MODEL_LEN,
+            return Generator(model, device="cpu", seed=0, dtype=dt, max_model_len=max_model_len,
                              max_num_seqs=CONCURRENCY, enforce_eager=True)
 
         dtype_check = greedy_agreement(make, chosen, [s.prompt for s in samples["gsm8k"]][:CHECK_PROMPTS],
@@ -117,7 +118,7 @@ def run(device: torch.device, quick: bool = False, model: str = "smollm2-135m-in
         dtype_check["cpu_choice"] = cpu_dtype()
         if not dtype_check["accepted"]:
             chosen = "float32"
-    gen = Generator(model, device=device.type, seed=0, max_model_len=MAX_MODEL_LEN, max_num_seqs=CONCURRENCY,
+    gen = Generator(model, device=device.type, seed=0, max_model_len=max_model_len, max_num_seqs=CONCURRENCY,
                     enforce_eager=cfg["enforce_eager"], dtype=chosen)
     try:
         from engine.models import checkpoint_checksum
@@ -126,7 +127,7 @@ def run(device: torch.device, quick: bool = False, model: str = "smollm2-135m-in
         checksum = checkpoint_checksum(gen.path)
         fingerprint = {"model": model, "checksum": checksum, "dtype": chosen, "backend": gen.backend,
                        "max_tokens": cfg["max_tokens"], "temperature": TEMPERATURE, "seed": 0,
-                       "max_model_len": MAX_MODEL_LEN}
+                       "max_model_len": max_model_len}
         records_root = None if output is None else Path(output) / "decoding-records" / _safe(model)
         per_strategy: dict[str, dict] = {}
         records: dict[str, list[dict]] = {}
@@ -144,7 +145,7 @@ def run(device: torch.device, quick: bool = False, model: str = "smollm2-135m-in
     if backend == "hf" and HF_BATCH_SIZE == CONCURRENCY:
         serving = batch16  # HF's own cap is the bench's: the run would be the same one again
     else:
-        serving_gen = Generator(model, backend=backend, device=device.type, seed=0, max_model_len=MAX_MODEL_LEN,
+        serving_gen = Generator(model, backend=backend, device=device.type, seed=0, max_model_len=max_model_len,
                                 enforce_eager=cfg["enforce_eager"], dtype=chosen)
         try:
             serving = _throughputs(serving_gen, queue, cfg["throughput_max_tokens"], progress)
@@ -191,6 +192,18 @@ def run(device: torch.device, quick: bool = False, model: str = "smollm2-135m-in
     section["others"] = _load_others(plot_with or [])
     section["targets"] = _targets(section)
     return section
+
+
+def _max_model_len(model: str, max_tokens: int) -> int:
+    """Room for the prompt and every refinement round (N_SAMPLES rounds of max_tokens, plus the prompt): at least
+    MAX_MODEL_LEN, at most the model's positions."""
+    from transformers import AutoConfig
+
+    from engine.models import resolve
+
+    positions = getattr(AutoConfig.from_pretrained(resolve(model)), "max_position_embeddings", None) or MAX_MODEL_LEN
+    want = max(MAX_MODEL_LEN, (N_SAMPLES["iterative_refinement"] + 1) * max_tokens + 512)
+    return int(min(want, positions))
 
 
 def _safe(name: str) -> str:
