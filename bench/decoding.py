@@ -178,7 +178,8 @@ def run(device: torch.device, quick: bool = False, model: str = "smollm2-135m-in
     section = {
         "model": model, "backend": backend, "parameters": params, "vocab": vocab, "settings": cfg,
         "command": _command(), "dtype": chosen, "dtype_requested": dtype, "dtype_check": dtype_check,
-        "model_checksum": checksum,
+        "model_checksum": checksum, "max_model_len": max_model_len,
+        "cpu_preload": None if device.type != "cpu" else _preload_state(),
         "temperature": TEMPERATURE, "concurrency": CONCURRENCY, "tasks": list(TASKS), "strategies": strategies,
         "paired": _paired_tests(records),
         "throughput": {"batch_16": batch16, "serving": serving}, "authors_em_inf": authors,
@@ -192,6 +193,16 @@ def run(device: torch.device, quick: bool = False, model: str = "smollm2-135m-in
     section["others"] = _load_others(plot_with or [])
     section["targets"] = _targets(section)
     return section
+
+
+def _preload_state() -> dict:
+    """vLLM-CPU's recommended preloads (tcmalloc, Intel OpenMP): where they are here and whether this run had them.
+    Not preloaded by default: their effect is not measured yet (see engine.cpu.preload_libraries)."""
+    import os
+
+    from engine.cpu import preload_libraries
+
+    return {"found": preload_libraries(), "LD_PRELOAD": os.environ.get("LD_PRELOAD", "")}
 
 
 def _max_model_len(model: str, max_tokens: int) -> int:
