@@ -382,27 +382,41 @@ def _authors_em_inf(gen: Generator, prompts: list, max_tokens: int, device: torc
 
     from engine.hf_processors import EMInfLogitsProcessor, SeededSamplingLogitsProcessor, authors_logits_processor
 
-    # The same dtype as ours, so the ratio compares the loops, not the arithmetic.
-    model = AutoModelForCausalLM.from_pretrained(gen.path, dtype=torch_dtype(dtype, device.type)).to(device).eval()
-    tokenizer = gen.tokenizer
-    tokens, seconds = 0, 0.0
-    for i, prompt in enumerate(tqdm(prompts, desc="authors' EM-INF (HF, batch 1)", disable=not progress)):
-        ids = tokenizer(gen.format_prompt(prompt), return_tensors="pt", add_special_tokens=False).input_ids.to(device)
-        processors = LogitsProcessorList([
-            EMInfLogitsProcessor(steps=EM_INF_STEPS, reference=True),
-            *authors_logits_processor(model.generation_config, TEMPERATURE),
-            SeededSamplingLogitsProcessor([i], min_prob=1e-9, device=device),
-        ])
-        t0 = time.perf_counter()
-        # The seeded sampler turns each row into a one-hot score, so greedy selection performs the draw.
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), logits_processor=processors,
-                             do_sample=False, max_new_tokens=max_tokens, min_new_tokens=max_tokens,
-                             pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-        seconds += time.perf_counter() - t0
-        tokens += out.shape[1] - ids.shape[1]
-    del model
-    return {"prompts": len(prompts), "generated_tokens": tokens, "seconds": seconds,
-            "tokens_per_second": tokens / seconds, "batch": 1, "dtype": resolve_dtype_name(dtype, device.type)}
+    def run_in(dt: str) -> dict:
+        model = AutoModelForCausalLM.from_pretrained(gen.path, dtype=torch_dtype(dt, device.type)).to(device).eval()
+        tokenizer = gen.tokenizer
+        tokens, seconds = 0, 0.0
+        for i, prompt in enumerate(tqdm(prompts, desc="authors' EM-INF (HF, batch 1)", disable=not progress)):
+            ids = tokenizer(gen.format_prompt(prompt), return_tensors="pt",
+                            add_special_tokens=False).input_ids.to(device)
+            processors = LogitsProcessorList([
+                EMInfLogitsProcessor(steps=EM_INF_STEPS, reference=True),
+                *authors_logits_processor(model.generation_config, TEMPERATURE),
+                SeededSamplingLogitsProcessor([i], min_prob=1e-9, device=device),
+            ])
+            t0 = time.perf_counter()
+            # The seeded sampler turns each row into a one-hot score, so greedy selection performs the draw.
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), logits_processor=processors,
+                                 do_sample=False, max_new_tokens=max_tokens, min_new_tokens=max_tokens,
+                                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+            seconds += time.perf_counter() - t0
+            tokens += out.shape[1] - ids.shape[1]
+        del model
+        return {"prompts": len(prompts), "generated_tokens": tokens, "seconds": seconds,
+                "tokens_per_second": tokens / seconds, "batch": 1, "dtype": dt}
+
+    # The same dtype as ours, so the ratio compares the loops, not the arithmetic. The authors' EM step is kept
+    # faithful (kl_div on probs.log(): NaN once a probability underflows, bug 13), which bf16 logits can hit; then
+    # their loop runs in fp32 and the result says so.
+    chosen = resolve_dtype_name(dtype, device.type)
+    try:
+        return run_in(chosen)
+    except RuntimeError as exc:
+        if chosen == "float32" or "nan" not in str(exc).lower():
+            raise
+        out = run_in("float32")
+        out["note"] = f"{chosen} produced NaN in the authors' EM step; timed in float32"
+        return out
 
 
 def _hf_processor_seconds(device: torch.device, batch: int, vocab: int) -> float:
@@ -563,7 +577,7 @@ def markdown(section: dict) -> str:
               "",
               f"Machine-dependent: the authors' approach to EM-INF (HF generate, batch 1, torch Adam, "
               f"{a.get('dtype', 'float32')}) is a batch-1 baseline on this machine: {a['tokens_per_second']:.1f} tokens/s "
-              f"over {a['generated_tokens']} tokens. Ours is {r['em_inf/reference_em_inf_tokens_per_s']:.1f}x that at "
+              f"over {a['generated_tokens']} tokens{' (' + a['note'] + ')' if a.get('note') else ''}. Ours is {r['em_inf/reference_em_inf_tokens_per_s']:.1f}x that at "
               f"the engine's own concurrency (cap {sv['max_num_seqs']}: sampling {sv['sampling']['tokens_per_second']:.1f}"
               f", EM-INF {sv['em_inf']['tokens_per_second']:.1f} tokens/s) and "
               f"{r['em_inf_batch16/reference_em_inf_tokens_per_s']:.1f}x at batch 16: a ratio of batch sizes on a "
