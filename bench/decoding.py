@@ -382,6 +382,8 @@ def _authors_em_inf(gen: Generator, prompts: list, max_tokens: int, device: torc
 
     from engine.hf_processors import EMInfLogitsProcessor, SeededSamplingLogitsProcessor, authors_logits_processor
 
+    guard = _NanGuard()
+
     def run_in(dt: str) -> dict:
         model = AutoModelForCausalLM.from_pretrained(gen.path, dtype=torch_dtype(dt, device.type)).to(device).eval()
         tokenizer = gen.tokenizer
@@ -392,6 +394,7 @@ def _authors_em_inf(gen: Generator, prompts: list, max_tokens: int, device: torc
             processors = LogitsProcessorList([
                 EMInfLogitsProcessor(steps=EM_INF_STEPS, reference=True),
                 *authors_logits_processor(model.generation_config, TEMPERATURE),
+                guard,
                 SeededSamplingLogitsProcessor([i], min_prob=1e-9, device=device),
             ])
             t0 = time.perf_counter()
@@ -403,7 +406,7 @@ def _authors_em_inf(gen: Generator, prompts: list, max_tokens: int, device: torc
             tokens += out.shape[1] - ids.shape[1]
         del model
         return {"prompts": len(prompts), "generated_tokens": tokens, "seconds": seconds,
-                "tokens_per_second": tokens / seconds, "batch": 1, "dtype": dt}
+                "tokens_per_second": tokens / seconds, "batch": 1, "dtype": dt, "nan_rows_guarded": guard.rows}
 
     # The same dtype as ours, so the ratio compares the loops, not the arithmetic. The authors' EM step is kept
     # faithful (kl_div on probs.log(): NaN once a probability underflows, bug 13), which bf16 logits can hit; then
@@ -417,6 +420,23 @@ def _authors_em_inf(gen: Generator, prompts: list, max_tokens: int, device: torc
         out = run_in("float32")
         out["note"] = f"{chosen} produced NaN in the authors' EM step; timed in float32"
         return out
+
+
+class _NanGuard:
+    """After the authors' (faithful) EM step: a row it turned to NaN (an underflowed probability, bug 13) is sampled
+    uniformly instead of crashing torch.multinomial, so their loop can still be timed; counted in ``rows``. One
+    elementwise pass per step: nothing next to their Adam steps."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+    def __call__(self, input_ids, scores):
+        bad = ~torch.isfinite(scores).any(dim=-1) | torch.isnan(scores).any(dim=-1)
+        if bool(bad.any()):
+            self.rows += int(bad.sum())
+            scores = scores.clone()
+            scores[bad] = 0.0
+        return scores
 
 
 def _hf_processor_seconds(device: torch.device, batch: int, vocab: int) -> float:
