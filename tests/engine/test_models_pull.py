@@ -84,3 +84,12 @@ def test_pull_without_install_reports_the_missing_parts(tmp_path, monkeypatch):
                            "--no-progress"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "error:" in proc.stderr and "missing parts" in proc.stderr and "models pull" in proc.stderr
+
+
+def test_missing_parts_are_listed_with_the_command_that_installs_them(monkeypatch):
+    monkeypatch.setattr(models, "_record_entry", lambda dist, rel: None)
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
+    parts = models._qwen_coder_parts(require=False)
+    assert len(parts) == 22 and all(p.path is None for p in parts)
+    with pytest.raises(PartError, match=r"missing parts \[1, 2, .*22\].*python -m engine models pull"):
+        models._qwen_coder_parts()
