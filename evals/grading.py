@@ -398,7 +398,7 @@ def _plain_number(s: str) -> Fraction | float | None:
         return -v if m.group(1) else v
     t = re.sub(r"^\\frac\{(-?\d+)\}\{(\d+)\}$", r"\1/\2", t)
     t = re.sub(r"^-\\frac\{(\d+)\}\{(\d+)\}$", r"-\1/\2", t)
-    t = re.sub(r"^\\frac(\d)(\d)$", r"\1/\2", t)
+    t = re.sub(r"^(-?)\\frac(\d)(\d)$", r"\1\2/\3", t)
     m = re.fullmatch(r"(-?\d+(?:\.\d+)?)(?:\\times|\*|\\cdot)10\^\{?(-?\d+)\}?", t)
     if m:
         return float(m.group(1)) * 10.0 ** int(m.group(2))
