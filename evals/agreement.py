@@ -111,6 +111,13 @@ def ref_is_equiv(pred: str | None, gt: str) -> bool:
         return pred == gt
 
 
+def ref_wrap_solution(code: str) -> str:
+    """The reference's LeetCode wrapping: code without the text "class Solution:" is indented into one."""
+    if "class Solution:" in code:
+        return code
+    return "class Solution:\n" + "\n".join("    " + line for line in code.split("\n"))
+
+
 # ---------------------------------------------------------------- corpora
 
 def corpora(data_dir: Path, samples: list[Path]) -> dict[str, list[tuple[str, str]]]:
