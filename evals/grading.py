@@ -844,12 +844,25 @@ def _worker_loop() -> None:
     sys.stdout.flush()
     global _TOL
     for line in sys.stdin:
+        # requests: [prediction, reference, rel_tol] -> 1/0; ["math-verify-load"] -> 1/0 (importable);
+        # ["math-verify", output, reference] -> [1/0, extracted or null]
         try:
-            pred, ref, _TOL = json.loads(line)
-            out = bool(_math_equal_impl(pred, ref))
+            req = json.loads(line)
+            if req[0] == "math-verify-load":
+                import math_verify  # noqa: F401  (imported outside any per-item deadline)
+
+                out = 1
+            elif req[0] == "math-verify":
+                from evals.mathverify import verify_pair
+
+                ok, extracted = verify_pair(req[1], req[2])
+                out = [int(ok), extracted]
+            else:
+                pred, ref, _TOL = req
+                out = int(bool(_math_equal_impl(pred, ref)))
         except (Exception, RecursionError, MemoryError):
-            out = False
-        sys.stdout.write("1\n" if out else "0\n")
+            out = [0, None] if line.startswith('["math-verify"') else 0
+        sys.stdout.write(json.dumps(out) + "\n")
         sys.stdout.flush()
 
 
@@ -864,6 +877,7 @@ class _Worker:
         self.proc = subprocess.Popen([sys.executable, "-m", "evals.grading", "--worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, bufsize=0)
         self.ready = False
+        self.math_verify_loaded = False
 
     def _readline(self, timeout: float) -> str | None:
         import select
@@ -880,13 +894,21 @@ class _Worker:
             self.ready = self._readline(timeout) == "ready"
         return self.ready
 
-    def ask(self, prediction: str, reference: str, timeout: float, rel_tol: float) -> bool | None:
+    def request(self, req: list, timeout: float):
+        """Send one request; its JSON answer, or None when the deadline passed or the answer is garbled."""
         import json
 
-        self.proc.stdin.write((json.dumps([prediction, reference, rel_tol]) + "\n").encode())
+        self.proc.stdin.write((json.dumps(req) + "\n").encode())
         self.proc.stdin.flush()
         line = self._readline(timeout)
-        return None if line is None or line not in ("0", "1") else line == "1"
+        try:
+            return None if line is None else json.loads(line)
+        except ValueError:
+            return None
+
+    def ask(self, prediction: str, reference: str, timeout: float, rel_tol: float) -> bool | None:
+        out = self.request([prediction, reference, rel_tol], timeout)
+        return None if out not in (0, 1) else out == 1
 
     def kill(self) -> None:
         try:
@@ -931,6 +953,30 @@ class GradingPool:
             return False
         self._idle.put(w)
         return out
+
+    def math_verify(self, output: str, reference: str, timeout: float) -> tuple[bool, str | None]:
+        """math-verify's verdict in a worker under the same deadline (a miss counts as not equal)."""
+        w = self._idle.get()
+        out = None
+        try:
+            if not w.wait_ready():
+                raise OSError("math grading worker did not start")
+            if not w.math_verify_loaded:
+                # the import (antlr, latex2sympy) takes seconds: outside the per-item deadline
+                if w.request(["math-verify-load"], 120.0) != 1:
+                    self._idle.put(w)
+                    from evals.mathverify import INSTALL_HINT
+
+                    raise ImportError(f"math-verify is not importable in the grading worker: {INSTALL_HINT}")
+                w.math_verify_loaded = True
+            out = w.request(["math-verify", output, reference], timeout)
+        except (OSError, ValueError):
+            out = None
+        if not (isinstance(out, list) and len(out) == 2):
+            self._replace(w)
+            return False, None
+        self._idle.put(w)
+        return bool(out[0]), out[1]
 
     def _replace(self, w: _Worker) -> None:
         w.kill()
@@ -984,6 +1030,25 @@ def math_equal(prediction: str | None, reference: str | None, timeout: float = D
     if q is not None:
         return q
     return _pool().equal(prediction, reference, timeout, rel_tol)
+
+
+MATH_VERIFY_TIMEOUT_S = 10.0  # math-verify's own defaults: 5 s to parse and 5 s to compare
+
+
+def math_verify_equal(output: str | None, reference: str | None,
+                      timeout: float = MATH_VERIFY_TIMEOUT_S) -> tuple[bool, str | None]:
+    """math-verify's verdict on a whole model output against a reference answer, run in the grading pool (so from
+    any thread, under the pool's deadline; math-verify's signal-based timeouts are off). Returns (equal, what it
+    extracted). Raises ImportError when math-verify is not installed."""
+    from evals.mathverify import INSTALL_HINT, available
+
+    if not available():
+        raise ImportError(f"math-verify is not installed: {INSTALL_HINT}")
+    if not output or reference is None:
+        return False, None
+    if not (timeout > 0 and math.isfinite(timeout)):
+        raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+    return _pool().math_verify(str(output), str(reference), timeout)
 
 
 def grade_math(output: str, reference: str, timeout: float = DEFAULT_TIMEOUT_S) -> tuple[bool, str | None]:

@@ -116,7 +116,9 @@ class CodeTask(Task):
 
 class LeetCode(CodeTask):
     name = "leetcode"
-    description = "LeetCode contest problems (180; PRIME's set, 10 s limit)"
+    description = ("LeetCode contest problems (180; PRIME's set, 10 s limit). The system prompt is PRIME's \"action\" "
+                   "template, the paper's protocol: small models often copy its scaffold ([ACTION NAME] / # Your action "
+                   "step 1 ...) instead of solving (6 of 16 greedy outputs of qwen2.5-coder-1.5b-instruct did)")
     default_max_tokens = 8192
     timeout_s = LEETCODE_TIMEOUT_S
 
