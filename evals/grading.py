@@ -180,8 +180,9 @@ def boxed_answer(text: str) -> str | None:
 
 # Math spans a model writes in prose: $...$ and \(...\) stay on one line (an inline formula cut by a line break is not
 # an answer, as in math-verify), $$...$$ and \[...\] may span lines.
-_MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|\$([^$\n]+?)\$|\\\(([^\n]+?)\\\)", re.S)
-_ANY_DOLLAR_REGION = re.compile(r"\$\$.*?\$\$|\$[^$]*\$|\\\(.*?\\\)|\\\[.*?\\\]", re.S)
+# (an escaped dollar, "\$", is text inside a span, not its end)
+_MATH_SPAN = re.compile(r"\$\$(.+?)\$\$|\\\[(.+?)\\\]|(?<!\\)\$((?:\\\$|[^$\n])+?)(?<!\\)\$|\\\(([^\n]+?)\\\)", re.S)
+_ANY_DOLLAR_REGION = re.compile(r"\$\$.*?\$\$|(?<!\\)\$(?:\\\$|[^$])*(?<!\\)\$|\\\(.*?\\\)|\\\[.*?\\\]", re.S)
 _NUMBER = re.compile(r"(?<![A-Za-z0-9_.^])-?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:[.,]\d+)?(?:/\d+)?|\.\d+)"
                      r"(?:\s*(?:\\?%|percent(?:age)?\b|pct\b))?(?![0-9])")
 _SPAN_JOIN = re.compile(r"\s*(?:,|;|\band\b|\bor\b|\\quad|\\text\{\s*(?:and|or)\s*\})?\s*", re.I)
@@ -293,6 +294,12 @@ _LHS_NAME = re.compile(rf"\s*(?:{_NAME}(?:\(\s*{_NAME}(?:\s*,\s*{_NAME})*\s*\))?
 _RELATIONS = "<>≤≥≠"
 
 
+def _is_arithmetic(s: str) -> bool:
+    """Numbers and operators only ("180 + 24", "\\frac{3}{4}\\cdot 2"): no unknowns."""
+    t = re.sub(r"\\(?:frac|dfrac|tfrac|sqrt|cdot|times|div|pi)(?![A-Za-z])", " ", s)
+    return bool(re.search(r"\d", t)) and re.fullmatch(r"[\d\s.+\-*/^(){}\[\],]*", t) is not None
+
+
 def _is_name(s: str) -> bool:
     return bool(_LHS_NAME.fullmatch(s))
 
@@ -358,6 +365,11 @@ def normalize(ans: str, strip_lhs: bool = True) -> str:
         parts = s.split("=")
         if _is_name(parts[0]):
             s = parts[0].strip() + " = " + parts[-1].strip()
+    # "180 + 24 = 204", "\frac{1}{2} = 0.5": a computation written out states its last value
+    if strip_lhs and "=" in s and not any(c in s for c in _RELATIONS) and len(_split_top(s)) == 1:
+        parts = s.split("=")
+        if all(_is_arithmetic(x) for x in parts):
+            s = parts[-1].strip()
     # leading "x =", "f(x) =", "(p,q) =" of a name
     if strip_lhs and s.count("=") == 1 and not any(c in s for c in _RELATIONS):
         lhs, rhs = s.split("=")

@@ -84,6 +84,14 @@ def wrap_solution(code: str) -> str:
     return "class Solution:\n" + "\n".join("    " + line for line in code.split("\n"))
 
 
+def ref_wrap_solution(code: str) -> str:
+    """The reference's LeetCode wrapping, kept for comparison: code without the text "class Solution:" is indented
+    into one."""
+    if "class Solution:" in code:
+        return code
+    return "class Solution:\n" + "\n".join("    " + line for line in code.split("\n"))
+
+
 def code_equal(a: str, b: str) -> bool:
     """Self-consistency for code: programs vote together when they are equal up to whitespace and comments."""
     def norm(s: str) -> str:
@@ -103,7 +111,9 @@ class CodeTask(Task):
     def equal_fn(self):
         return code_equal
 
-    def program(self, sample: Sample, output: str) -> tuple[str, str]:
+    def program(self, sample: Sample, output: str, reference_rules: bool = False) -> tuple[str, str]:
+        """(extracted code, the program that runs). ``reference_rules``: extract and wrap as the reference does
+        (``match_code``, ``ref_wrap_solution``), for ``python -m evals.agreement``."""
         raise NotImplementedError
 
     def grade(self, sample: Sample, output: str) -> Grade:
@@ -128,8 +138,8 @@ class LeetCode(CodeTask):
                        reference=r["test"], meta={"difficulty": r["meta"]["difficulty"], "title": r["title"]})
                 for r in read_jsonl(path)]
 
-    def program(self, sample, output):
-        code = wrap_solution(extract_code(output))
+    def program(self, sample, output, reference_rules=False):
+        code = ref_wrap_solution(match_code(output)) if reference_rules else wrap_solution(extract_code(output))
         return code, LEETCODE_IMPORTS + "\n" + code + "\n\n" + sample.reference + "\n"
 
 
@@ -152,9 +162,9 @@ class HumanEval(CodeTask):
                        meta={"canonical_solution": r["canonical_solution"]})
                 for r in rows]
 
-    def program(self, sample, output):
+    def program(self, sample, output, reference_rules=False):
         ref = sample.reference
-        code = extract_code(output)
+        code = match_code(output) if reference_rules else extract_code(output)
         if not re.search(r"def\s+" + re.escape(ref["entry_point"]) + r"\s*\(", code):
             # a body-only completion: put it under the prompt's signature
             code = ref["prompt"] + code
@@ -177,7 +187,7 @@ class MBPP(CodeTask):
                        meta={"code": r["code"]})
                 for r in read_json_list(path)]
 
-    def program(self, sample, output):
-        code = extract_code(output)
+    def program(self, sample, output, reference_rules=False):
+        code = match_code(output) if reference_rules else extract_code(output)
         ref = sample.reference
         return code, "\n".join(ref["test_imports"]) + "\n" + code + "\n\n" + "\n".join(ref["test_list"]) + "\n"

@@ -19,8 +19,6 @@ PAIRS = DATA["pairs"]
 
 # id -> why ours does not grade the pair as labelled (all are missed accepts: ours says "not equal")
 KNOWN_MISSES = {
-    "test_all:138": "'$ \\frac{1}{2} \\$ = \\frac{10}{9} $': an escaped dollar inside a math span ends our span, and "
-                    "'1/2 = 10/9' is then an equation whose left side is not a name",
     "test_all:506": "matrix arithmetic (a sum of two matrices) is not evaluated",
     "test_all:512": "matrix arithmetic (a product of two matrices) is not evaluated",
     "test_numina_cases:24": "'1 \\leq |z| \\leq 3/2' describes a union of two intervals in z; we read it as the one "

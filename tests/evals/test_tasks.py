@@ -144,9 +144,7 @@ def _leetcode(task_id):
 def test_leetcode_block_inside_a_list_item_is_dedented():
     """Issue #15: qwen2.5-coder put its final block inside a markdown list item (3-space indent); the reference's
     extraction keeps the indent and the program dies with IndentationError before any test runs."""
-    from evals.agreement import ref_wrap_solution
     from evals.sandbox import run_python
-    from evals.tasks.code import LEETCODE_IMPORTS, match_code
 
     task, s = _leetcode("weekly-contest-380-find-beautiful-indices-in-the-given-array-i")
     indented = "\n".join("   " + line if line else line for line in BEAUTIFUL_INDICES.split("\n"))
@@ -154,7 +152,7 @@ def test_leetcode_block_inside_a_list_item_is_dedented():
     g = task.grade(s, output)
     assert g.correct is True, g.details
     # the same output through the reference's extraction fails, and only because of the indentation
-    ref_program = LEETCODE_IMPORTS + "\n" + ref_wrap_solution(match_code(output)) + "\n\n" + s.reference + "\n"
+    _, ref_program = task.program(s, output, reference_rules=True)
     res = run_python(ref_program, 10.0)
     assert not res.passed and "IndentationError" in res.stderr_tail
     # a wrong program inside the same list item still fails
