@@ -181,7 +181,7 @@ def compare(pairs: list[tuple[str, str]], with_math_verify: bool = False,
     import time
 
     c: Counter = Counter()
-    examples = []
+    examples, ref_examples = [], []
     labels = labels if labels is not None else [1] * len(pairs)
     for (text, gt), label in zip(pairs, labels):
         t0 = time.perf_counter()
@@ -208,9 +208,12 @@ def compare(pairs: list[tuple[str, str]], with_math_verify: bool = False,
             c["math-verify false accepts"] += mv and not label
             c["ours accepts, math-verify not"] += ours and not mv
             c["math-verify accepts, ours not"] += mv and not ours
-        if (ours != ref or (mv is not None and mv != ours)) and len(examples) < 8:
+        # the listing shows disagreements with math-verify first, then with the reference's rules
+        if mv is not None and mv != ours and len(examples) < 8:
             examples.append((ours_ex, ref_ex, mv_ex, gt, ours, ref, mv))
-    return c, examples
+        elif ours != ref and len(ref_examples) < 8:
+            ref_examples.append((ours_ex, ref_ex, mv_ex, gt, ours, ref, mv))
+    return c, (examples + ref_examples)[:8]
 
 
 def compare_math_verify_pairs(pairs: list[dict], with_math_verify: bool) -> tuple[Counter, list[tuple]]:
@@ -243,6 +246,10 @@ def compare_math_verify_pairs(pairs: list[dict], with_math_verify: bool) -> tupl
     return c, examples
 
 
+def _code_lines(program: str) -> list[str]:
+    return [line.rstrip() for line in program.splitlines() if line.strip()]
+
+
 def code_outcomes(samples: list[Path], data_dir: Path) -> dict[str, Counter]:
     """For code records in samples.jsonl files: how many graded outcomes change between our extraction
     (``extract_code``) and the reference's (``match_code`` and its wrapping). Programs that come out identical are
@@ -268,9 +275,10 @@ def code_outcomes(samples: list[Path], data_dir: Path) -> dict[str, Counter]:
             ours_code, ours_prog = task.program(s, r["output"])
             ref_code, ref_prog = task.program(s, r["output"], reference_rules=True)
             ours_ok = run_python(ours_prog, task.timeout_s).passed
-            ref_ok = ours_ok if ref_prog == ours_prog else run_python(ref_prog, task.timeout_s).passed
+            same = _code_lines(ref_prog) == _code_lines(ours_prog)  # blank lines and trailing spaces aside
+            ref_ok = ours_ok if same else run_python(ref_prog, task.timeout_s).passed
             c["n"] += 1
-            c["program differs"] += ref_prog != ours_prog
+            c["program differs"] += not same
             c["ours pass"] += ours_ok
             c["reference pass"] += ref_ok
             c["ours pass, reference fails"] += ours_ok and not ref_ok
