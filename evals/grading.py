@@ -456,8 +456,9 @@ def _numeric_equal(p: str, r: str, rel_tol: float = REL_TOL) -> bool | None:
 
 
 def _decimal_comma(x: str, other: str) -> str:
-    """"1000,99" is 1000.99 when the other answer is a decimal (continental notation); "1,000" never is."""
-    m = re.fullmatch(r"(-?\d+),(\d+)", x)
+    """"1000,99" is 1000.99 when the other answer is a decimal (continental notation). Not "1,000" (thousands) and not
+    "1,2", which is far more often a list of two answers than 1.2."""
+    m = re.fullmatch(r"(-?\d+),(\d{2,})", x)
     if m and (len(m.group(2)) != 3 or m.group(1) in ("0", "-0")) and re.fullmatch(r"-?\d*\.\d+", other):
         return x.replace(",", ".")
     return x
