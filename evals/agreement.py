@@ -385,7 +385,47 @@ def main(argv=None) -> int:
     return 0
 
 
-EXPLANATION = """## Why they differ
+EXPLANATION = """## Why ours and math-verify differ
+
+Every class of disagreement seen in the tables above, and the cases the issue (#15) names:
+
+- **A box then a strict marker** (row "Minerva answers as 'Answer: X' after an unrelated box"). math-verify ranks
+  any `\\boxed{}` above an "Answer:" line, so it grades the unrelated `\\boxed{0}`; ours follows the reference's
+  rule that a strict marker ("the answer is:", a line starting "Answer:", "Final Answer:") after the box is the
+  model's last word. One of the 272 agrees by chance (its answer is 0).
+- **Bare LaTeX after a marker** (row "The answer is: X"). math-verify's LaTeX extraction needs math delimiters and
+  its expression extraction reads a leading number, so `6+9i` becomes 6, `2\\sqrt{5}` becomes 2 and
+  `\\frac{\\sqrt{3}}{3}` nothing. Ours reads the marker's text as an answer.
+- **AIME formatting.** `\\textbf{033}`, `\\textbf{(023) }` and `\\textbf{(073)}` are read by math-verify as the text
+  "033", "(023)": no match with 33, 23, 73. Ours unwraps `\\textbf`, parenthesised and zero-padded integers.
+- **A loose phrase after the box.** An AIME solution ends with an alternative method, "Thus, the final answer is
+  6!/(2!2!2!)*2!*(4!)^3 which leads us to the same solution": math-verify grades the 6 it finds there, ours keeps
+  the box (only strict markers override a box).
+- **Numbers math-verify does not read** (issue #15): e-notation `1.5e6`, `6.02e23` against `6.02\\times10^{23}`,
+  `1e-5` against `0.00001`; "The answer is (C)" against `C` or `(C)`; `\\varnothing` against `\\emptyset`;
+  repeating decimals `2.\\overline{3}` against 7/3; a predicted inequality against a gold interval (`x>3` against
+  `(3,\\infty)`: math-verify compares a relation with a set only when the relation is the gold, unless its
+  `allow_set_relation_comp` is on). Ours accepts all of these (truth table in tests/evals/test_grading.py).
+- **math-verify's own test pairs.** 265 of its 269 pairs have a label a grader without its options should meet
+  (the 4 others are marked debatable in tests/evals/data/math_verify_pairs.json: an option-only label, an
+  ill-formed gold, and a wrong label). Ours misses 6, all missed accepts: matrix arithmetic left unevaluated (2),
+  `1\\leq|z|\\leq 3/2` as a union of intervals in z, named components `p=5,q=2;p=7,q=2` against tuples, a cut-off
+  gold box naming `W(n)` against `W(x)`, and `\\sum` expressions. Before #15 ours graded 58% of the pairs as
+  labelled; the causes (answers spread over several boxes, a mid-line "Final Answer:", prose answers, relations,
+  `\\pm`, "and"/"or" lists, percent words, bare units, decimal commas, duplicated tuples, mixed numbers) are fixed
+  in evals.grading.
+- **False accepts: none on either side.** Not on the near-miss corpus (every integer MATH-500 answer plus one
+  against the full solution) and not on math-verify's pairs labelled 0. Before #15 ours accepted a bare number
+  against an equation in several unknowns (`1` against `2x+z=1`: only the right-hand side was compared); now an
+  equation matches a bare value only when its left side is a name (`x`, `f(x)`, `(p,q)`, `AB`, `a_{37}`) or the
+  whole equation is a computation (`180 + 24 = 204`).
+- **Neither grader**: `i` against `\\sqrt{-1}` and `e^{i\\pi}` against `-1` (ours reads `i` and `e` inside `e^{i\\pi}`
+  as symbols; reading them as the imaginary unit would break answers in a variable i).
+- **Deliberate strictness (ours).** Two integers compare exactly (99999 is not 100000), and a percent scaling is
+  only applied when a percent sign is written (50 is not 0.5); math-verify agrees on both. `1,2` is a list, not the
+  decimal 1.2 (a decimal comma is read only with two or more digits after it, `1000,99`, `0,111`).
+
+## Why ours and the reference's rules differ
 
 - **Equivalent forms the string rules cannot see.** The reference's `_strip_string` equality fails on
   `\\frac9{19}` vs `\\frac{9}{19}` only when the shapes differ after its fixes, on `204_5` vs `204` (base
@@ -400,6 +440,9 @@ EXPLANATION = """## Why they differ
   starting "Answer:") follows an earlier box, both take the marker's text (row "Minerva answers as 'Answer: X'
   after an unrelated box": full agreement); looser phrases after a box do not override it, because in the AIME
   solutions they come from alternative solutions appended after the boxed answer.
+- **Several boxes.** MATH-500 solutions that box two forms of one answer (`\\boxed{15\\frac{39}{40}}, or
+  \\boxed{\\frac{639}{40}}`) are one answer for us (boxes joined by a short connective, equal items once); the
+  reference keeps the last box. Same verdict, so these only show as "extraction differs".
 - **AIME formatting.** `\\boxed{\\textbf{(245) }}` and zero-padded `033` are the written answers 245 and 33;
   we unwrap `\\textbf` and parenthesised lone integers, the string rules do not.
 - **No answer.** On tiny-random outputs neither finds an answer; "extraction differs" counts that we return None
@@ -408,6 +451,17 @@ EXPLANATION = """## Why they differ
   the scaling only when a percent sign is written (so 50 vs 0.5 is wrong for us, right for the reference).
 - **Integers.** Two integers compare exactly for us (99999 vs 100000 is wrong); the reference's rel_tol 1e-4 would
   accept it.
+
+## Code extraction
+
+The reference takes the last ```` ```python ```` block containing "def " (else the last python block, else the same
+over plain blocks) and runs it as written. `evals.tasks.code.extract_code` chooses the same block but removes the
+slips that fail a correct program before any test runs: the indentation of a block inside a markdown list item
+(qwen2.5-coder-1.5b-instruct's LeetCode answer to weekly-contest-380-find-beautiful-indices-in-the-given-array-i
+died with IndentationError), a `py`/`Python` info string read as the first line of code, Windows line ends, a
+python block left open at the end of the output, and (LeetCode) `class Solution(object):` wrapped into a second
+class. The table "Code extraction" (present when `--samples` names code runs) counts, on those model outputs, the
+programs that differ and the graded outcomes that change.
 """
 
 if __name__ == "__main__":

@@ -12,6 +12,16 @@ Deviations from the reference grader (Qwen2.5-Math ``math_equal``), all on purpo
 - bare comma lists ("1, -2") compare as multisets (solution sets); parenthesised ones as ordered tuples/intervals, where
   the bracket kinds must agree.
 - numbers are equal within relative tolerance 1e-4 (as the reference), integers compare exactly.
+
+What it reads beyond the reference, as math-verify (Hugging Face's grader; ``evals.mathverify``) does, measured on
+math-verify's own test pairs (tests/evals/test_math_verify_pairs.py, evals/AGREEMENT.md):
+- boxes joined by a short connective are one answer ("\\boxed{1}, \\boxed{2}"); a "Final Answer:" anywhere after a
+  box overrides it; without box or marker, the last math span or number of the text is the answer;
+- relations: "5 \\geq x" = "x \\leq 5", "-x > -1" = "x < 1", and an inequality in one unknown equals its interval;
+- "a \\pm b" is the set {a+b, a-b}; "and"/"or"/";" separate list items; bare solution lists are sets (a tuple
+  written twice counts once); percent words, bare unit words, mixed numbers, repeating decimals, "\\mathbb{R}".
+- an equation equals a bare value only when its left side is a name ("x", "f(x)", "(p,q)", "AB") or the whole
+  equation is a computation ("180 + 24 = 204"): "1" is not "2x+z=1".
 """
 
 from __future__ import annotations
