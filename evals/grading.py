@@ -986,8 +986,10 @@ class GradingPool:
                 raise OSError("math grading worker did not start")
             if not w.math_verify_loaded:
                 # the import (antlr, latex2sympy) takes seconds: outside the per-item deadline
-                if w.request(["math-verify-load"], 120.0) != 1:
-                    self._idle.put(w)
+                loaded = w.request(["math-verify-load"], 120.0)
+                if loaded != 1:
+                    # no answer in time: the worker may still answer later, so it cannot serve anyone else
+                    self._replace(w) if loaded is None else self._idle.put(w)
                     from evals.mathverify import INSTALL_HINT
 
                     raise ImportError(f"math-verify is not importable in the grading worker: {INSTALL_HINT}")
