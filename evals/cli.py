@@ -213,6 +213,11 @@ def main(argv: list[str] | None = None) -> int:
         gen.close()
     table = markdown_table(summaries)
     print(table)
+    for s in summaries:
+        if "disagreements" in s:
+            print(f"{s['task']}: math-verify accuracy {100 * s['math_verify_accuracy']:.1f} (accuracy above is ours); "
+                  f"{s['disagreements']} disagreements: {s['ours_only']} only ours accepts, "
+                  f"{s['math_verify_only']} only math-verify accepts")
     Path(args.output, model_tag).mkdir(parents=True, exist_ok=True)
     Path(args.output, model_tag, f"summary_{args.strategy}.json").write_text(json.dumps(summaries, indent=2))
     return 0
