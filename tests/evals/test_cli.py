@@ -81,6 +81,7 @@ def test_grader_both_end_to_end(tmp_path):
     s = json.loads((d / "summary.json").read_text())
     assert s["disagreements"] == sum(bool(x["correct"]) != bool(x["math_verify_correct"]) for x in recs)
     assert s["accuracy"] == sum(bool(x["correct"]) for x in recs) / 2  # accuracy stays ours
+    assert f"{s['disagreements']} disagreements" in r.stdout
     # code is graded by running it, whatever --grader says
     rec = json.loads((tmp_path / "tiny-random" / "humaneval" / "sampling" / "samples.jsonl").read_text().split("\n")[0])
     assert "math_verify_correct" not in rec
