@@ -463,8 +463,9 @@ python block left open at the end of the output, and (LeetCode) `class Solution(
 class. The table "Code extraction" (present when `--samples` names code runs) counts, on those model outputs, the
 programs that differ and the graded outcomes that change. In the committed file it holds the only code outputs this
 machine could produce in time (2 shared CPUs, no GPU): the embedded smollm2-135m-instruct, greedy, HF backend,
-`--limit 8 --max-tokens 256` on HumanEval and MBPP. The 2 differing programs (HumanEval; none on MBPP) are blocks cut off by the token limit (ours runs
-the open block, the reference the text before the fence); both fail, so no outcome changes. The issue's qwen2.5-coder
+`--limit 8 --max-tokens 256` on HumanEval, MBPP and LeetCode. The differing programs (2 HumanEval, 3 LeetCode,
+no MBPP) are all blocks cut off by the token limit (ours runs the open block, the reference the empty text before
+the fence); both fail, so no outcome changes. None of these 8 LeetCode outputs echoed the action template. The issue's qwen2.5-coder
 LeetCode case (a block in a list item) is rebuilt in tests/evals/test_tasks.py and test_agreement.py: it passes with
 ours and fails with the reference's extraction.
 """
