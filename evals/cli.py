@@ -18,9 +18,11 @@ from tqdm import tqdm
 
 from engine.strategies import STRATEGIES, Generator
 from evals.data import DataNotFound
+from evals.grading import math_verify_equal
 from evals.tasks import REFERENCE_SYSTEM_PROMPT, SYSTEM_PROMPT, TASKS, get_task
 from kernels.params import add_cli_flags, cli_values
 
+GRADERS = ("ours", "math-verify", "both")
 DEFAULT_TASKS = "math500,amc,aime24,minerva,olympiadbench,gsm8k,leetcode,humaneval,mbpp,ugphysics,scicode"
 
 
@@ -44,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None)
     p.add_argument("--batch-size", type=int, default=64, help="samples handed to the engine per call (resume unit)")
     p.add_argument("--grade-workers", type=int, default=2, help="threads grading (code runs one sandbox per thread)")
+    p.add_argument("--grader", choices=GRADERS, default="ours",
+                   help="math answers: ours (evals.grading), math-verify (Hugging Face's, the `math-verify` extra), or "
+                        "both (accuracy stays ours; each record also holds math-verify's verdict and the summary counts "
+                        "disagreements). Code, physics and SciCode tasks are always graded by running or their own judge")
     add_cli_flags(p)
     p.add_argument("--subject", default=None, help="UGPhysics subject (default SemiconductorPhysics)")
     p.add_argument("--scicode-split", choices=("test", "dev"), default="test")
@@ -77,11 +83,22 @@ def summarize(task: str, strategy: str, model: str, records: list[dict], seconds
     n = len(graded)
     acc = sum(bool(r["correct"]) for r in graded) / n if n else None
     stderr = math.sqrt(acc * (1 - acc) / (n - 1)) if n > 1 else (0.0 if n == 1 else None)
-    return {"task": task, "strategy": strategy, "model": model, "n": len(records), "n_graded": n,
-            "accuracy": acc, "stderr": stderr,
-            "tokens": sum(r.get("generated_tokens", 0) for r in records),
-            "prompt_tokens": sum(r.get("prompt_tokens", 0) for r in records),
-            "seconds": round(seconds, 3)}
+    out = {"task": task, "strategy": strategy, "model": model, "n": len(records), "n_graded": n,
+           "accuracy": acc, "stderr": stderr,
+           "tokens": sum(r.get("generated_tokens", 0) for r in records),
+           "prompt_tokens": sum(r.get("prompt_tokens", 0) for r in records),
+           "seconds": round(seconds, 3)}
+    graders = {r.get("grader", "ours") for r in graded}
+    if graders != {"ours"}:
+        out["grader"] = "/".join(sorted(graders))
+    both = [r for r in graded if r.get("math_verify_correct") is not None and r.get("grader") == "both"]
+    if both:
+        # --grader both: accuracy above is ours; math-verify's verdicts and where the two disagree
+        out["math_verify_accuracy"] = sum(bool(r["math_verify_correct"]) for r in both) / len(both)
+        out["disagreements"] = sum(bool(r["correct"]) != bool(r["math_verify_correct"]) for r in both)
+        out["ours_only"] = sum(bool(r["correct"]) and not r["math_verify_correct"] for r in both)
+        out["math_verify_only"] = sum(bool(r["math_verify_correct"]) and not r["correct"] for r in both)
+    return out
 
 
 def markdown_table(summaries: list[dict]) -> str:
@@ -116,6 +133,7 @@ def run_task(task, gen, args, out_dir: Path) -> dict:
         if task.answer_fn() is None:
             raise SystemExit(f"{task.name}: self-consistency needs an answer to vote on; this task has none")
         gen_kwargs.update(answer_fn=task.answer_fn(), equal_fn=task.equal_fn())
+    use_math_verify = getattr(args, "grader", "ours") != "ours"
     bar = tqdm(total=len(samples), initial=len(samples) - len(todo), desc=f"{task.name}/{args.strategy}",
                unit="sample", file=sys.stderr)
     with open(path, "a", encoding="utf-8") as f, ThreadPoolExecutor(max(1, args.grade_workers)) as pool:
@@ -129,10 +147,18 @@ def run_task(task, gen, args, out_dir: Path) -> dict:
                                   "seconds": r.seconds, "candidates": r.candidates if len(r.candidates) > 1 else None})
                         for r in results]
             grades = list(pool.map(lambda so: task.grade(so[0], so[1][0]), zip(batch, outs)))
-            for s, (text, st), g in zip(batch, outs, grades):
+            second = use_math_verify and task.kind == "math"
+            mv = list(pool.map(lambda so: math_verify_equal(so[1][0], so[0].reference), zip(batch, outs))) \
+                if second else [None] * len(batch)
+            for s, (text, st), g, v in zip(batch, outs, grades, mv):
                 rec = {"id": str(s.id), "task": task.name, "strategy": args.strategy, "output": text,
                        "extracted": g.extracted, "reference": s.reference if task.kind in ("math",) else None,
                        "correct": g.correct, "details": g.details or None, "meta": s.meta or None, **st}
+                if second:
+                    rec["grader"] = args.grader
+                    rec["math_verify_correct"], rec["math_verify_extracted"] = v
+                    if args.grader == "math-verify":
+                        rec["ours_correct"], rec["correct"] = g.correct, v[0]
                 f.write(json.dumps(rec, ensure_ascii=False, default=str) + "\n")
                 done[str(s.id)] = rec
             f.flush()
@@ -154,6 +180,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit is not None and args.limit < 1:
         print("error: --limit must be >= 1", file=sys.stderr)
         return 2
+    if args.grader != "ours":
+        from evals.mathverify import INSTALL_HINT, available
+
+        if not available():
+            print(f"error: --grader {args.grader} needs math-verify: {INSTALL_HINT}", file=sys.stderr)
+            return 2
     system = REFERENCE_SYSTEM_PROMPT if args.reference_system_prompt else SYSTEM_PROMPT
     options = {"subject": args.subject, "scicode_split": args.scicode_split, "scicode_h5": args.scicode_h5,
                "lcb_release": args.lcb_release, "lcb_start_date": args.lcb_start_date,
@@ -180,6 +212,11 @@ def main(argv: list[str] | None = None) -> int:
         gen.close()
     table = markdown_table(summaries)
     print(table)
+    for s in summaries:
+        if "disagreements" in s:
+            print(f"{s['task']}: math-verify accuracy {100 * s['math_verify_accuracy']:.1f} (accuracy above is ours); "
+                  f"{s['disagreements']} disagreements: {s['ours_only']} only ours accepts, "
+                  f"{s['math_verify_only']} only math-verify accepts")
     Path(args.output, model_tag).mkdir(parents=True, exist_ok=True)
     Path(args.output, model_tag, f"summary_{args.strategy}.json").write_text(json.dumps(summaries, indent=2))
     return 0

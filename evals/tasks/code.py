@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import textwrap
 
 from evals.data import locate, read_json_list, read_jsonl
 from evals.sandbox import run_python
@@ -26,8 +27,9 @@ LEETCODE_TIMEOUT_S = 10.0
 
 
 def match_code(text: str) -> str:
-    """The reference's extraction: the last ```python block containing "def " (else the last python block), then the
-    same over plain ``` blocks, else the text before the first fence."""
+    """The reference's extraction, kept for comparison (``python -m evals.agreement``): the last ```python block
+    containing "def " (else the last python block), then the same over plain ``` blocks, else the text before the
+    first fence."""
     for pat in (r"```python(.*?)```", r"```(.*?)```"):
         blocks = re.findall(pat, text, re.DOTALL)
         if blocks:
@@ -38,8 +40,53 @@ def match_code(text: str) -> str:
     return text.split("```")[0]
 
 
+_TAGGED = re.compile(r"```[ \t]*(?:python3?|py3?)(?![\w+-])(.*?)```", re.S | re.I)
+_ANY_BLOCK = re.compile(r"```(.*?)```", re.S)
+_INFO_LINE = re.compile(r"^[ \t]*[A-Za-z][\w+#.-]*[ \t]*\n")
+
+
+def _clean_block(body: str, untagged: bool) -> str:
+    if untagged:
+        body = _INFO_LINE.sub("", body, count=1)  # "```py\n": the info string is not code
+    body = body.split("\n", 1)[1] if body.strip() and not body.split("\n", 1)[0].strip() else body
+    return textwrap.dedent(body).strip("\n") + "\n"
+
+
+def extract_code(text: str) -> str:
+    """The program in a model output, chosen as the reference chooses (``match_code``: the last python block
+    containing "def ", else the last python block; the same over all blocks; else the text before the first fence)
+    but without its syntactic slips, each of which fails a correct program before any test runs:
+    - the block is dedented: inside a markdown list item every line carries the item's indentation, and an indented
+      ``class Solution:`` is an IndentationError;
+    - the info string is not code: the reference only recognises a lowercase "python" tag, so a ``py`` or ``Python``
+      tag became the program's first line (a NameError);
+    - Windows line ends are made plain, and a python block left open at the end (the model stopped after the code)
+      is still a block.
+    """
+    text = (text or "").replace("\r\n", "\n")
+    for pat, untagged in ((_TAGGED, False), (_ANY_BLOCK, True)):
+        blocks = pat.findall(text)
+        if text.count("```") % 2 == 1:
+            m = re.search(r"```[ \t]*(?:python3?|py3?)?(?![\w+-])([^`]*)$", text, re.I)
+            if m and (untagged or re.match(r"```[ \t]*(?:python|py)", m.group(0), re.I)):
+                blocks.append(m.group(1))
+        if blocks:
+            chosen = next((b for b in reversed(blocks) if "def " in b), blocks[-1])
+            return _clean_block(chosen, untagged)
+    return text.split("```")[0]
+
+
 def wrap_solution(code: str) -> str:
-    """LeetCode: code without ``class Solution:`` is indented into one (the reference does the same)."""
+    """LeetCode: code without a ``class Solution`` is indented into one (the reference does the same, but tests for the
+    exact text "class Solution:", so ``class Solution(object):`` was wrapped a second time)."""
+    if re.search(r"^class\s+Solution\b", code, re.M):
+        return code
+    return "class Solution:\n" + "\n".join("    " + line for line in code.split("\n"))
+
+
+def ref_wrap_solution(code: str) -> str:
+    """The reference's LeetCode wrapping, kept for comparison: code without the text "class Solution:" is indented
+    into one."""
     if "class Solution:" in code:
         return code
     return "class Solution:\n" + "\n".join("    " + line for line in code.split("\n"))
@@ -59,12 +106,14 @@ class CodeTask(Task):
     timeout_s = 10.0
 
     def answer_fn(self):
-        return lambda text: match_code(text).strip() or None
+        return lambda text: extract_code(text).strip() or None
 
     def equal_fn(self):
         return code_equal
 
-    def program(self, sample: Sample, output: str) -> tuple[str, str]:
+    def program(self, sample: Sample, output: str, reference_rules: bool = False) -> tuple[str, str]:
+        """(extracted code, the program that runs). ``reference_rules``: extract and wrap as the reference does
+        (``match_code``, ``ref_wrap_solution``), for ``python -m evals.agreement``."""
         raise NotImplementedError
 
     def grade(self, sample: Sample, output: str) -> Grade:
@@ -77,7 +126,9 @@ class CodeTask(Task):
 
 class LeetCode(CodeTask):
     name = "leetcode"
-    description = "LeetCode contest problems (180; PRIME's set, 10 s limit)"
+    description = ("LeetCode contest problems (180; PRIME's set, 10 s limit). The system prompt is PRIME's \"action\" "
+                   "template, the paper's protocol: small models often copy its scaffold ([ACTION NAME] / # Your action "
+                   "step 1 ...) instead of solving (6 of 16 greedy outputs of qwen2.5-coder-1.5b-instruct did)")
     default_max_tokens = 8192
     timeout_s = LEETCODE_TIMEOUT_S
 
@@ -87,8 +138,8 @@ class LeetCode(CodeTask):
                        reference=r["test"], meta={"difficulty": r["meta"]["difficulty"], "title": r["title"]})
                 for r in read_jsonl(path)]
 
-    def program(self, sample, output):
-        code = wrap_solution(match_code(output))
+    def program(self, sample, output, reference_rules=False):
+        code = ref_wrap_solution(match_code(output)) if reference_rules else wrap_solution(extract_code(output))
         return code, LEETCODE_IMPORTS + "\n" + code + "\n\n" + sample.reference + "\n"
 
 
@@ -111,9 +162,9 @@ class HumanEval(CodeTask):
                        meta={"canonical_solution": r["canonical_solution"]})
                 for r in rows]
 
-    def program(self, sample, output):
+    def program(self, sample, output, reference_rules=False):
         ref = sample.reference
-        code = match_code(output)
+        code = match_code(output) if reference_rules else extract_code(output)
         if not re.search(r"def\s+" + re.escape(ref["entry_point"]) + r"\s*\(", code):
             # a body-only completion: put it under the prompt's signature
             code = ref["prompt"] + code
@@ -136,7 +187,7 @@ class MBPP(CodeTask):
                        meta={"code": r["code"]})
                 for r in read_json_list(path)]
 
-    def program(self, sample, output):
-        code = match_code(output)
+    def program(self, sample, output, reference_rules=False):
+        code = match_code(output) if reference_rules else extract_code(output)
         ref = sample.reference
         return code, "\n".join(ref["test_imports"]) + "\n" + code + "\n\n" + "\n".join(ref["test_list"]) + "\n"

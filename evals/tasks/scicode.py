@@ -22,7 +22,7 @@ from pathlib import Path
 from evals.data import locate, read_jsonl
 from evals.sandbox import run_python
 from evals.tasks.base import Grade, Sample, Task
-from evals.tasks.code import match_code
+from evals.tasks.code import extract_code
 
 SCICODE_SYSTEM = "You are a helpful assistant."
 SKIPPED_STEPS = ("13.6", "62.1", "76.3")  # the reference feeds gold code for these; it is not in the offline data
@@ -231,7 +231,7 @@ class SciCode(Task):
             results = gen.generate(prompts, strategy, **kwargs)
             for i, r in zip(idx, results):
                 step_id = samples[i].reference["sub_steps"][k]["step_number"]
-                code = match_code(r.text) if step_id not in SKIPPED_STEPS else ""
+                code = extract_code(r.text) if step_id not in SKIPPED_STEPS else ""
                 codes[i].append(code)
                 raws[i].append(r.text)
                 stats[i]["prompt_tokens"] += r.prompt_tokens
@@ -246,7 +246,7 @@ class SciCode(Task):
             assert isinstance(raws, list)
         except (ValueError, AssertionError):
             raws = [output]
-        codes = [match_code(r) for r in raws]
+        codes = [extract_code(r) for r in raws]
         h5 = self.options.get("scicode_h5")
         split = sample.meta.get("split", "test")
         if split == "test" and not h5:

@@ -61,3 +61,45 @@ def test_missing_data_is_a_clear_error(tmp_path):
 def test_unknown_task_is_a_clear_error(tmp_path):
     r = _run(["--tasks", "nope"], tmp_path)
     assert r.returncode == 2 and "unknown task" in r.stderr
+
+
+def _math_verify_missing():
+    from evals.mathverify import available
+
+    return not available()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_math_verify_missing(), reason="math-verify not installed (the `math-verify` extra)")
+def test_grader_both_end_to_end(tmp_path):
+    r = _run(["--tasks", "math500,humaneval", "--limit", "2", "--grader", "both"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    d = tmp_path / "tiny-random" / "math500" / "sampling"
+    recs = [json.loads(line) for line in (d / "samples.jsonl").read_text().splitlines()]
+    assert all(rec["grader"] == "both" and "math_verify_correct" in rec and "math_verify_extracted" in rec
+               for rec in recs)
+    s = json.loads((d / "summary.json").read_text())
+    assert s["disagreements"] == sum(bool(x["correct"]) != bool(x["math_verify_correct"]) for x in recs)
+    assert s["accuracy"] == sum(bool(x["correct"]) for x in recs) / 2  # accuracy stays ours
+    assert f"{s['disagreements']} disagreements" in r.stdout
+    # code is graded by running it, whatever --grader says
+    rec = json.loads((tmp_path / "tiny-random" / "humaneval" / "sampling" / "samples.jsonl").read_text().split("\n")[0])
+    assert "math_verify_correct" not in rec
+
+
+def test_summary_counts_disagreements():
+    from evals.cli import summarize
+
+    recs = [{"correct": True, "math_verify_correct": True, "grader": "both"},
+            {"correct": True, "math_verify_correct": False, "grader": "both"},
+            {"correct": False, "math_verify_correct": True, "grader": "both"},
+            {"correct": False, "math_verify_correct": False, "grader": "both"}]
+    s = summarize("math500", "greedy", "m", recs, 0.0)
+    assert s["accuracy"] == 0.5 and s["math_verify_accuracy"] == 0.5
+    assert (s["disagreements"], s["ours_only"], s["math_verify_only"]) == (2, 1, 1)
+    assert "disagreements" not in summarize("math500", "greedy", "m", [{"correct": True}], 0.0)
+
+
+def test_grader_choice_is_checked(tmp_path):
+    r = _run(["--tasks", "math500", "--grader", "sympy"], tmp_path)
+    assert r.returncode == 2 and "--grader" in r.stderr and "ours" in r.stderr

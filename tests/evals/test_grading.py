@@ -27,10 +27,22 @@ EQUAL = [
     ("\\begin{pmatrix} 0.5 & 1 \\\\ 2 & 3 \\end{pmatrix}", "\\begin{pmatrix} \\frac12 & 1 \\\\ 2 & 3 \\end{pmatrix}"),
     ("\\begin{bmatrix} 2 \\\\ 4 \\end{bmatrix}", "\\begin{bmatrix} \\sqrt4 \\\\ 2^2 \\end{bmatrix}"),
     ("1.0001", "1.00005"), ("3.0 \\times 10^{8}", "300000000"), ("6.02e23", "6.02\\times10^{23}"),
-    ("\\frac{100}{3}", "33.3333"), ("2\\frac{1}{2}", "2.5") if False else ("\\frac{5}{2}", "2.5"),
+    ("\\frac{100}{3}", "33.3333"), ("2\\frac{1}{2}", "2.5"), ("\\frac{5}{2}", "2.5"),
     ("\\displaystyle\\frac{1}{4}", "0.25"), ("\\left[0,\\frac{1}{2}\\right]", "[0,0.5]"), ("(3, -\\sqrt{2})", "(3,-\\sqrt2)"),
     ("\\infty", "\\infty"), ("-\\infty", "-\\infty"), ("a^2+b^2", "b^2+a^2"), ("\\sqrt{x^2}", "|x|") if False else ("\\sqrt{4x^2}", "2\\sqrt{x^2}"),
     ("i", "i"), ("1+i", "i+1"),
+    # issue #15: relations, sets, lists and notations math-verify reads
+    ("5\\geq x", "x\\leq 5"), ("x \\geq 5", "x >= 5"), ("-x > -1", "x < 1"), ("2x < 4", "x < 2"),
+    ("x>3", "(3,\\infty)"), ("x \\le 3", "(-\\infty,3]"), ("-2\\le x\\le 7", "[-2,7]"), ("-793 < a < 10", "(-793, 10)"),
+    ("x \\neq 3", "x != 3"), ("\\mathbb{R}", "(-\\infty,\\infty)"), ("1\\text{ and }2", "1,2"), ("19, 46, and 82", "82, 46, 19"),
+    ("5 cm", "5"), ("\\pm 2", "2,-2"), ("1 \\pm \\sqrt{19}", "1+\\sqrt{19}, 1-\\sqrt{19}"), ("28 percent", "28\\%"),
+    ("28 pct", "28\\%"), ("a+b+c", "c+a+b"), ("(1,2),(3,4),(1,2)", "(3,4),(1,2)"), ("2\\frac12", "2.5"),
+    ("-1\\frac{1}{3}", "-\\frac43"), ("2.\\overline{3}", "\\frac{7}{3}"), ("\\varnothing", "\\emptyset"), ("1000,99", "1000.99"),
+    ("0,111", "0.111"), ("k = 1", "1"), ("(p,q)=(3,2)", "(3,2)"), ("f(x) = x^2", "x^2"), ("x = 5+5+1 = 11", "x = 11"),
+    ("x\\approx 11", "11"), ("x = \\frac13 \\approx 0.33", "\\frac{1}{3}"), ("\\{1,3\\}", "1, 3"), ("{1,3}", "(1,3)"),
+    ("14{, }916", "14916"), ("\\left[\\begin{array}{cc}1 & 2 \\\\ 3 & 4\\end{array}\\right]", "\\begin{pmatrix}1 & 2 \\\\ 3 & 4\\end{pmatrix}"),
+    ("AB=4, CD=5", "4, 5"), ("x_1 = 2, x_2 = 3", "3, 2"), ("2x+4y-3=0", "y=-\\frac{1}{2}x+\\frac{3}{4}"),
+    ("1.5e6", "1500000"), ("1e-5", "0.00001"), ("180 + 24 = 204", "204"), ("\\frac{1}{2} = 0.5", "0.5"),
 ]
 
 NOT_EQUAL = [
@@ -41,6 +53,13 @@ NOT_EQUAL = [
     ("\\begin{pmatrix} 1 & 2 \\end{pmatrix}", "\\begin{pmatrix} 1 \\\\ 2 \\end{pmatrix}"), ("-3", "3"), ("10^{3}", "10^{4}"),
     ("\\log_2 8", "4"), ("1.1", "1.0"), ("2", "x"), ("A", "B"), ("\\text{Evelyn}", "Bob"), ("", "0"), ("  ", "1"),
     ("1e-5", "0"), ("\\infty", "-\\infty"), ("(-\\infty, 3]", "(-\\infty, 3)"),
+    # issue #15: false accepts (a bare number is not an equation in other unknowns) and near-miss relations
+    ("1", "2x+z=1"), ("0", "a+3z=0"), ("0", "a^2+b=0"), ("11a+c", "7=11a+c"), ("3", "x+y=3"),
+    ("x<5", "x>5"), ("x \\leq 5", "x \\geq 5"), ("x > -1", "x < 1"), ("x<3", "(3,\\infty)"), ("-2<x<7", "[-2,7]"),
+    ("x \\le 3", "(-\\infty,3)"), ("\\pm 2", "2"), ("2", "\\pm 2"), ("1,000", "1.0"), ("1,2", "1.2"), ("12:00", "1:00"), ("(3,1)", "{1,3}"),
+    ("(1,2),(3,4)", "(1,2)"), ("2\\frac12", "1"), ("2.\\overline{3}", "2.3"), ("\\mathbb{R}", "(0,\\infty)"),
+    ("1, 2", "1, 2, 3, 3"), ("x = 5+5+1 = 12", "x = 11"), ("28 percent", "0.28\\%"),
+    ("180 + 24 = 204", "205"), ("7 = 11a + c", "11a+c"),
 ]
 
 MALFORMED = [
@@ -88,6 +107,15 @@ EXTRACT = [
     ("The final answer is $12$. I hope it is correct.", "12"), ("The answer is: 7", "7"), ("Answer: 3/4", "3/4"),
     ("the answer is \\(x+1\\).", "x+1"), ("no answer here", None), ("", None), ("\\boxed{", None), ("\\boxed{}", None),
     ("The final answer is $\\boxed{2}$", "2"),
+    # issue #15: several boxes, a mid-line "Final Answer:", prose with no box or marker
+    ("so \\boxed{1}, \\boxed{2}.", "1, 2"), ("$\\boxed{-2} \\quad \\text{and} \\quad \\boxed{1}$", "-2, 1"),
+    ("\\boxed{1} no no no no no \\boxed{2}", "2"), ("First \\boxed{3}.\n\nSo the answer is \\boxed{4}", "4"),
+    ("\\boxed{5} or \\boxed{5}", "5"),
+    ("$0.05 \\cdot 10,200 = \\boxed{255}$ So $10,455. Final Answer: The final answer is $10,455$. I hope it is correct.",
+     "10,455"),
+    ("Answer $ 9 $", "9"), ("Answer \\[ 9 \\]", "9"), ("Therefore $x \\geq 5$ is the solution.", "x \\geq 5"),
+    ("Answer $ \n 9 \n $", None), ("Final Answer: The largest $n$ is 34.", "34"), ("28 percent", "28 percent"),
+    ("the number is not 10 which is 1,000.99", "1,000.99"), ("AZYUK2A", "AZYUK2A"), ("$1$ and $2$ and $3$", "1, 2, 3"),
 ]
 
 

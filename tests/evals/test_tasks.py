@@ -126,3 +126,54 @@ def test_scicode_test_split_is_ungraded_without_h5():
     task = get_task("scicode")
     s = task.load(1)[0]
     assert task.grade(s, json.dumps(["```python\npass\n```"])).correct is None
+
+
+BEAUTIFUL_INDICES = """class Solution:
+    def beautifulIndices(self, s: str, a: str, b: str, k: int) -> List[int]:
+        ia = [i for i in range(len(s) - len(a) + 1) if s[i:i + len(a)] == a]
+        ib = [j for j in range(len(s) - len(b) + 1) if s[j:j + len(b)] == b]
+        return [i for i in ia if any(abs(i - j) <= k for j in ib)]
+"""
+
+
+def _leetcode(task_id):
+    task = get_task("leetcode")
+    return task, next(s for s in task.load() if s.id == task_id)
+
+
+def test_leetcode_block_inside_a_list_item_is_dedented():
+    """Issue #15: qwen2.5-coder put its final block inside a markdown list item (3-space indent); the reference's
+    extraction keeps the indent and the program dies with IndentationError before any test runs."""
+    from evals.sandbox import run_python
+
+    task, s = _leetcode("weekly-contest-380-find-beautiful-indices-in-the-given-array-i")
+    indented = "\n".join("   " + line if line else line for line in BEAUTIFUL_INDICES.split("\n"))
+    output = f"Steps:\n\n1. Final code:\n   ```python\n{indented}   ```\n"
+    g = task.grade(s, output)
+    assert g.correct is True, g.details
+    # the same output through the reference's extraction fails, and only because of the indentation
+    _, ref_program = task.program(s, output, reference_rules=True)
+    res = run_python(ref_program, 10.0)
+    assert not res.passed and "IndentationError" in res.stderr_tail
+    # a wrong program inside the same list item still fails
+    wrong = output.replace("abs(i - j) <= k", "abs(i - j) < k")
+    assert task.grade(s, wrong).correct is False
+
+
+@pytest.mark.parametrize("fence", ["```py\n{code}```", "```Python\n{code}```", "```python3\n{code}```",
+                                   "```python\r\n{crlf}```", "Here you go:\n```python\n{code}",
+                                   "```\n{code}```", "```python\n{object}```"])
+def test_leetcode_extraction_slips_do_not_fail_a_correct_program(fence):
+    task, s = _leetcode("weekly-contest-380-find-beautiful-indices-in-the-given-array-i")
+    output = fence.format(code=BEAUTIFUL_INDICES, crlf=BEAUTIFUL_INDICES.replace("\n", "\r\n"),
+                          object=BEAUTIFUL_INDICES.replace("class Solution:", "class Solution(object):"))
+    g = task.grade(s, output)
+    assert g.correct is True, (g.extracted, g.details)
+
+
+def test_extract_code_keeps_the_reference_choice_of_block():
+    from evals.tasks.code import extract_code, match_code
+
+    two = "```python\ndef f():\n    return 1\n```\ntext\n```python\nprint(f())\n```"
+    assert extract_code(two).strip() == match_code(two).strip() == "def f():\n    return 1"
+    assert extract_code("no fence at all") == match_code("no fence at all") == "no fence at all"
