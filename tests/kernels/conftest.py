@@ -1,4 +1,5 @@
-"""Helpers shared by the kernel test modules (fixtures, since the test modules are not importable packages)."""
+"""Helpers shared by the kernel test modules (fixtures, since the test modules are not importable packages), and the
+loader of kernel_cases.py (the rows and float64 truths of the parity tests, imported as `kernel_cases`)."""
 
 import importlib.util
 import os
