@@ -1,5 +1,7 @@
-"""Helpers shared by the kernel test modules (fixtures, since the test modules are not importable packages)."""
+"""Helpers shared by the kernel test modules (fixtures, since the test modules are not importable packages), and the
+loader of kernel_cases.py (the rows and float64 truths of the parity tests, imported as `kernel_cases`)."""
 
+import importlib.util
 import os
 import platform
 import shutil
@@ -11,6 +13,20 @@ import pytest
 import torch
 
 from kernels import reference
+
+
+def _load_kernel_cases() -> ModuleType:
+    """kernel_cases.py (the rows and float64 truths of the parity tests) as the module `kernel_cases`: the test
+    modules are not importable packages, and conftest.py is imported before any test module of this folder."""
+    if "kernel_cases" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("kernel_cases", Path(__file__).with_name("kernel_cases.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["kernel_cases"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["kernel_cases"]
+
+
+_load_kernel_cases()
 
 
 def _near_boundary_args(z0, case: str, gap: float) -> tuple:
@@ -144,6 +160,16 @@ class Backend:
 
     def __repr__(self) -> str:
         return self.name
+
+    @property
+    def interpreted(self) -> bool:
+        """Triton through its interpreter on CPU tensors."""
+        return self.name.startswith("triton")
+
+    def split(self, splits: int | None) -> "Backend":
+        """This backend with `splits` programs per row (None: the kernel's choice) on the Triton interpreter, for a
+        test case that names its split geometry; every other backend as it is."""
+        return Backend(self.name, self.module, self.device, splits) if self.interpreted else self
 
     def entropy(self, logits: torch.Tensor) -> torch.Tensor:
         if self.name.startswith("triton") or self.name == "cuda":
