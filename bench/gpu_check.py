@@ -5,15 +5,16 @@ process group with its own time budget (a crash or a hang loses that step only),
 
   resources  every Triton kernel variant the ops launch (dtypes x constexpr branches): registers, spills, shared
              memory and the occupancy they allow, read from the compiled kernels
-  bench      python -m bench --sections kernels,serving,training --device cuda --no-torch-compile (each kernel as % of the HBM
-             bandwidth measured in the same run; the fused training op against chunked torch and unfused)
+  bench      python -m bench --sections kernels,serving,training --device cuda --no-torch-compile (each kernel as %
+             of the HBM bandwidth measured in the same run; the fused training op against chunked torch and
+             unfused; adaptive T at max_iter 10000 vs 100)
   liger      fused_linear_entropy fwd+bwd beside Liger-Kernel's fused linear cross-entropy, chunked torch and
              unfused torch at N=8192, D=4096, V=151936, bf16 (time, peak memory); skipped when liger_kernel is not
              importable
   decode     the engine's HF decoding path (engine.strategies.HFBackend) on a random-weight model with
              Qwen2.5-1.5B's config: EM-INF (3 steps) against plain sampling, tokens/s at batch 16 and 64, and the op's
              own ms per decode step
-  pytest     pytest -m cuda over the kernel tests (Triton ops, fused_linear_entropy), compiled for this GPU
+  pytest     pytest -m cuda tests/kernels (the ops' parity modules, fused_linear_entropy), compiled for this GPU
 
 Output (at most 8 files): DIR/gpu_check.json (every step's result and the targets), DIR/gpu_check.md (the same as
 tables), DIR/gpu_check.log (every step's output), DIR/bench/{results.json,results.md,kernels.png,training.png}.
@@ -63,8 +64,9 @@ EM_INF_STEPS = 3
 def step_pytest(out: Path) -> dict:
     junit = Path("/tmp") / f"gpu_check_junit_{os.getpid()}.xml"
     # -v: one line per finished test, so a step cut short at its budget still shows which tests failed
-    cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "tests/kernels/test_triton_kernels.py",
-           "tests/kernels/test_fused_linear.py", "-v", "-rfE", "--tb=short", "--durations=20", "-p", "no:cacheprovider",
+    # every CUDA test of the op modules (parity by op: test_entropy, test_em_inf, test_adaptive_temperature, ...)
+    cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "tests/kernels", "-v", "-rfE", "--tb=short", "--durations=20",
+           "-p", "no:cacheprovider",
            f"--timeout={PYTEST_TEST_TIMEOUT}", f"--junitxml={junit}"]
     try:
         import xdist  # noqa: F401  (compiling the kernel variants is CPU work: spread it over processes)
