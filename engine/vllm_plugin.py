@@ -82,7 +82,7 @@ class _SlotParams:
         self.active = np.zeros(size, dtype=bool)
         self.loop_bound = np.zeros(size, dtype=np.int64)
         self.dev: dict[str, torch.Tensor] = {}
-        self.dev_active = torch.zeros(size, dtype=torch.bool, device=device)
+        self.dev_active: torch.Tensor
         self.dirty = True
         self.upload()
 

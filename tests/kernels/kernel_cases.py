@@ -97,6 +97,21 @@ def bits(t: torch.Tensor) -> torch.Tensor:
     return t.view({torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}[t.dtype])
 
 
+def rows_of(batch: int, vocab: int, dtype: torch.dtype, device: str, seed: int = 0) -> torch.Tensor:
+    """Rows of spread entropies for the per-row contract tests; row 1 masked (every third token -inf), row 2 with
+    a NaN (invalid)."""
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(batch, vocab, generator=g) * torch.linspace(0.3, 3.0, batch)[:, None]
+    z[1, ::3] = float("-inf")
+    z[2, vocab // 2] = float("nan")
+    return z.to(dtype).to(device)
+
+
+def scalar(v, b: int):
+    """Row b's value of a hyper-parameter given as a scalar or a [B] tensor."""
+    return v[b].item() if isinstance(v, torch.Tensor) else v
+
+
 def entropy64(x: torch.Tensor) -> torch.Tensor:
     """fp64 entropy per row, written so that tiny entropies keep their relative precision: H = log S - T / S with
     S = (count at the max) + (sum of the rest), T = sum exp(d) d, d = z - max. (lse - sum p z cancels to ~1e-15,

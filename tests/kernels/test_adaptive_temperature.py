@@ -20,6 +20,7 @@ import random
 import kernel_cases as kc
 import pytest
 import torch
+from kernel_cases import bits, rows_of, scalar
 
 import kernels
 from kernels import ops, reference
@@ -29,23 +30,6 @@ TMIN = [0.01, 0.02, 0.01, 0.05, 0.01, 0.1]
 MAX_ITER = [100, 0, 3, 10000, 50, 7]
 TOL = [0.1, 0.1, 0.1, 1e-3, 0.05, 0.1]
 THRESHOLD = [1e-5, 1e-5, 1e-5, 1e-5, 50.0, 1e-5]  # row 4: above H(z), T = 1
-
-
-def rows_of(batch: int, vocab: int, dtype: torch.dtype, device: str, seed: int = 0) -> torch.Tensor:
-    """Rows of spread entropies; row 1 masked (every third token -inf), row 2 with a NaN (invalid)."""
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(batch, vocab, generator=g) * torch.linspace(0.3, 3.0, batch)[:, None]
-    z[1, ::3] = float("-inf")
-    z[2, vocab // 2] = float("nan")
-    return z.to(dtype).to(device)
-
-
-def bits(t: torch.Tensor) -> torch.Tensor:
-    return t.view({torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}[t.dtype])
-
-
-def scalar(v, b: int):
-    return v[b].item() if isinstance(v, torch.Tensor) else v
 
 
 NAMES = ("tmin", "tmax", "max_iter", "tol", "target_ratio", "threshold")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import kernel_cases as kc
 import pytest
 import torch
+from kernel_cases import bits, rows_of, scalar
 
 import kernels
 from kernels import params, reference
@@ -24,23 +25,6 @@ LR = [0.1, 0.3, 0.05, 0.1, 0.2, 0.1]
 STEPS = [3, 0, 5, 2, 4, 1]
 KL = [0.05, 0.0, 1.0, 0.05, 0.5, 0.05]
 THRESHOLD = [0.3, 0.3, 0.0, 0.3, 7.9, 0.3]
-
-
-def rows_of(batch: int, vocab: int, dtype: torch.dtype, device: str, seed: int = 0) -> torch.Tensor:
-    """Rows of spread entropies; row 1 masked (every third token -inf), row 2 with a NaN (invalid)."""
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(batch, vocab, generator=g) * torch.linspace(0.3, 3.0, batch)[:, None]
-    z[1, ::3] = float("-inf")
-    z[2, vocab // 2] = float("nan")
-    return z.to(dtype).to(device)
-
-
-def bits(t: torch.Tensor) -> torch.Tensor:
-    return t.view({torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}[t.dtype])
-
-
-def scalar(v, b: int):
-    return v[b].item() if isinstance(v, torch.Tensor) else v
 
 
 def assert_rows_as_alone(backend, x, out, valid, prm: dict, mask, sentinel: torch.Tensor, max_steps=None) -> None:
