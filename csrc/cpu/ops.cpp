@@ -89,17 +89,19 @@ struct EmInfTask {
 
   typename S::T* z0_copy = nullptr;  // in place: z0, copied by the stats pass
 
-  static int64_t state_floats(int64_t n) { return (kF32 ? 2 : 3) * n; }
+  // Scratch arrays: m, v, z (bf16/fp16 only), z0's copy (in place only), scratch_stride(n) floats apart.
+  static int64_t arrays(bool in_place) { return (kF32 ? 2 : 3) + (in_place ? 1 : 0); }
   static int64_t scratch_floats(int64_t n, bool in_place) {
-    const int64_t copy = in_place ? (n * static_cast<int64_t>(sizeof(typename S::T)) + 3) / 4 : 0;
-    return state_floats(n) + copy;
+    return (arrays(in_place) - 1) * scratch_stride(n) + n + kScratchSlack;
   }
   bool done() const { return phase == kDone; }
   void bind(float* scratch) {
-    m = scratch;
-    v = scratch + io.n;
-    if constexpr (kF32) z = io.out; else z = scratch + 2 * io.n;
-    if (io.in_place) z0_copy = reinterpret_cast<typename S::T*>(scratch + state_floats(io.n));
+    const int64_t stride = scratch_stride(io.n);
+    float* base = place_scratch(scratch, stride, arrays(io.in_place), {io.in, io.out});
+    m = base;
+    v = base + stride;
+    if constexpr (kF32) z = io.out; else z = base + 2 * stride;
+    if (io.in_place) z0_copy = reinterpret_cast<typename S::T*>(base + (kF32 ? 2 : 3) * stride);
   }
 
   void block(int64_t b) {
@@ -474,8 +476,16 @@ const bool* row_mask(const c10::optional<at::Tensor>& rows, int64_t batch) {
   return rows->const_data_ptr<bool>();
 }
 
+// A new output starts half a page after the input's page offset (4K aliasing, rowpass.h): rows of equal length keep
+// that distance row by row. It is a view of a buffer up to a page longer, contiguous like the input.
 at::Tensor output_for(const at::Tensor& logits, const c10::optional<at::Tensor>& out) {
-  if (!out.has_value()) return at::empty_like(logits);
+  if (!out.has_value()) {
+    const int64_t item = logits.element_size(), numel = logits.numel();
+    at::Tensor buf = at::empty({numel + kPageBytes / item}, logits.options());
+    const int64_t want = (page_offset(logits.const_data_ptr()) + kPageBytes / 2) % kPageBytes;
+    const int64_t shift = ((want - page_offset(buf.const_data_ptr())) % kPageBytes + kPageBytes) % kPageBytes;
+    return buf.narrow(0, shift / item, numel).view(logits.sizes());
+  }
   const at::Tensor& o = *out;
   TORCH_CHECK(o.device().is_cpu() && o.scalar_type() == logits.scalar_type() && o.sizes() == logits.sizes(),
               "kernels._C: out must be a CPU tensor of the logits' shape and dtype");

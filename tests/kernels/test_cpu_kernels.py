@@ -61,3 +61,44 @@ def test_public_ops_dispatch_to_the_extension():
     assert not x.is_contiguous()
     assert torch.equal(kernels.entropy(x), _cpu.entropy(x.contiguous()))
     assert torch.equal(kernels.em_inf(x), _cpu.em_inf(x.contiguous(), 0.1, 3, 0.05, 0.3)[0])
+
+
+# ------------------------------------------------------------------------------------------------ placement
+
+def _at_page_offset(x: torch.Tensor, offset_bytes: int) -> torch.Tensor:
+    """A contiguous copy of x whose data starts ``offset_bytes`` into a page."""
+    item = x.element_size()
+    buf = torch.empty(x.numel() + 8192 // item, dtype=x.dtype)
+    shift = ((offset_bytes - buf.data_ptr() % 4096) % 4096) // item
+    out = buf.narrow(0, shift, x.numel()).view(x.shape)
+    out.copy_(x)
+    assert out.data_ptr() % 4096 == offset_bytes
+    return out
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_new_outputs_start_half_a_page_from_the_input(cpu, dtype):
+    # 4K aliasing (csrc/cpu/rowpass.h): a new output is placed half a page away from the input's page offset.
+    for offset in (0, 64, 2048, 4032):
+        x = _at_page_offset(make_rows(3, 5000, seed=2).to(dtype), offset)
+        for out in (cpu.em_inf(x, 0.1, 3, 0.05, 0.0)[0], cpu.adaptive_temperature(x, 0.01, 1.0, 100, 0.01, 0.85, 0.0)[0]):
+            assert out.is_contiguous() and out.shape == x.shape and out.dtype == dtype
+            assert (out.data_ptr() - x.data_ptr()) % 4096 == 2048
+
+
+@pytest.mark.parametrize("vocab", [4096, 5000, 32768])
+def test_results_do_not_depend_on_where_the_rows_lie(cpu, vocab):
+    # The scratch arrays move with the input's page offset (place_scratch) and a new output is placed by the
+    # kernel; neither may change a bit of the result, in place or not, fp32 or bf16 (z in scratch).
+    base = make_rows(2, vocab, seed=5)
+    for dtype in (torch.float32, torch.bfloat16):
+        ref_out = ref_in_place = None
+        for offset in (0, 64, 1024, 2048, 4032):
+            x = _at_page_offset(base.to(dtype), offset)
+            got = bits(cpu.em_inf(x, 0.1, 3, 0.05, 0.0)[0])
+            cpu.em_inf(x, 0.1, 3, 0.05, 0.0, out=x)
+            in_place = bits(x)
+            if ref_out is None:
+                ref_out, ref_in_place = got, in_place
+            assert torch.equal(got, ref_out) and torch.equal(in_place, ref_in_place)
+        assert torch.equal(ref_out, ref_in_place)
