@@ -46,8 +46,8 @@ dtype: "auto" (the default) takes the CPU's choice (engine.cpu.cpu_dtype: bf16 w
 it first by greedy agreement with fp32 on a few prompts (engine.cpu.greedy_agreement); a rejected bf16 falls back to
 fp32 and the section says so.
 
-The full run decodes with the model compiled (vLLM's torch.compile; about a minute to start on 2 CPU cores, then
-~1.35x faster there); --quick stays eager to start in seconds.
+The full run decodes with the model compiled (vLLM's torch.compile: on 2 CPU cores a 1.5B model starts in ~140 s
+instead of ~55 s and decodes up to 1.14x faster, engine.cpu); --quick stays eager to start in seconds.
 """
 
 from __future__ import annotations
@@ -116,8 +116,10 @@ def run(device: torch.device, quick: bool = False, model: str = "smollm2-135m-in
     max_model_len = _max_model_len(model, cfg["max_tokens"])
     kv_gib = None  # what this run's vLLM-CPU engines get: ours, or the caller's own VLLM_CPU_KVCACHE_SPACE
     if device.type == "cpu":
+        # A sequence holds its prompt and answer; iterative refinement's later rounds hold the earlier answers too.
+        per_sequence = max_model_len if "iterative_refinement" in names else PROMPT_ROOM + cfg["max_tokens"]
         kv_gib = os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE",
-                                       str(_kv_cache_gib(model, cfg["concurrency"], cfg["max_tokens"])))
+                                       str(_kv_cache_gib(model, cfg["concurrency"], per_sequence)))
     tasks = {name: get_task(name) for name in TASKS}
     samples = {name: task.load(limit=cfg["prompts_per_task"]) for name, task in tasks.items()}
     queue = [s.prompt for task in tasks.values() for s in task.load(limit=cfg["throughput_prompts_per_task"])]
@@ -223,7 +225,7 @@ def run(device: torch.device, quick: bool = False, model: str = "smollm2-135m-in
 
 def _preload_state() -> dict:
     """vLLM-CPU's recommended preloads (tcmalloc, Intel OpenMP): where they are here and whether this run had them.
-    Not preloaded by default: their effect is not measured yet (see engine.cpu.preload_libraries)."""
+    Not preloaded by default: measured no faster here (engine.cpu, python -m bench.cpu_setup)."""
     from engine.cpu import preload_libraries
 
     return {"found": preload_libraries(), "LD_PRELOAD": os.environ.get("LD_PRELOAD", "")}
@@ -237,14 +239,14 @@ def _config(model: str):
     return AutoConfig.from_pretrained(resolve(model))
 
 
-def _kv_cache_gib(model: str, concurrency: int, max_tokens: int) -> int:
-    """GiB of vLLM-CPU KV cache for ``concurrency`` sequences of PROMPT_ROOM + max_tokens tokens (bf16/fp16 K and V
-    of every layer), at least the backend's 1 GiB."""
+def _kv_cache_gib(model: str, concurrency: int, tokens: int) -> int:
+    """GiB of vLLM-CPU KV cache for ``concurrency`` sequences of ``tokens`` tokens each (bf16/fp16 K and V of every
+    layer), at least the backend's 1 GiB."""
     c = _config(model)
     heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     per_token = 2 * c.num_hidden_layers * heads * head_dim * 2
-    return max(1, math.ceil(concurrency * (PROMPT_ROOM + max_tokens) * per_token / 2**30))
+    return max(1, math.ceil(concurrency * tokens * per_token / 2**30))
 
 
 def _max_model_len(model: str, max_tokens: int) -> int:

@@ -24,9 +24,17 @@ kernels merged into main): vLLM's ``_C_AVX512`` / ``_C_AVX2`` bf16 kernels, and 
 identical greedy text from a 135M model, whose near-tied logits make any rounding change diverge greedy decoding
 within tens of tokens (hence the prefix-based thresholds here). The speed figure this choice rests on is the
 issue's: qwen2.5-coder-1.5b-instruct on 32 GSM8K problems took 80.6 s in bf16 against 258.8 s in fp32 on this AMX
-CPU (3.2x), 28 of 32 answers identical. vLLM-CPU's recommended preloads (tcmalloc, Intel OpenMP) and the compiled
-model are left at their defaults (no preload; eager, --quick / compiled, full bench run) until measured on a quiet
-machine: ``preload_libraries`` finds libiomp5 in the venv; tcmalloc is not installed here.
+CPU (3.2x), 28 of 32 answers identical.
+
+vLLM-CPU's own recommendations, measured by ``python -m bench.cpu_setup`` on the same 2-core AMX Xeon
+(bench/results/cpu-xeon-amx-2core-cpu-setup.md: qwen2.5-coder-1.5b-instruct bf16, plain sampling, 16 in flight,
+32 x 128 tokens, each variant in a fresh process, 2 rounds): no preload helped. Best tokens/s against none (51.2):
+tcmalloc 0.93x, Intel OpenMP 0.97x, both 0.99x, while one variant's two rounds differed by up to 20%. The compiled
+model decoded 1.14x (58.6) at best, but its other round was 46.8, and it starts in 141 s instead of 54 s. So the
+engine preloads nothing (vLLM itself preloads torch's libgomp into the engine processes it spawns when no OpenMP is
+preloaded), stays eager by default, and the full bench run, long enough to repay the compile, compiles.
+``preload_libraries`` finds the libraries (libiomp5 comes with the venv; tcmalloc from the distribution, e.g.
+``apt-get install libtcmalloc-minimal4``) for ``bench.cpu_setup`` to measure them on another machine.
 """
 
 from __future__ import annotations

@@ -169,8 +169,9 @@ class Generator:
     backends. dtype: torch dtype name, default float32 on CPU and the checkpoint's dtype on GPU. device: "cpu" /
     "cuda", default CUDA when available. max_num_seqs: sequences decoded at once (vLLM ``max_num_seqs``; HF rows per
     ``generate`` call), default vLLM's own and 16 on HF; fixing it makes strategies comparable at equal concurrency.
-    enforce_eager (vLLM only): None means eager on CPU, where compiling the model takes about a minute on 2 cores
-    (it then decodes ~1.35x faster: worth it for long runs such as the benchmark), and vLLM's default on GPU.
+    enforce_eager (vLLM only): None means eager on CPU, where compiling costs minutes of start-up for a gain within
+    the noise of a short run (engine.cpu: 1.14x at best on a 1.5B model, 2 cores; the long benchmark run compiles),
+    and vLLM's default on GPU.
     colocate, gpu_memory_utilization, sleep_mode (vLLM only, see ``engine.backends.VLLMBackend``): one engine per
     rank of a torchrun job that already holds a process group; the engine's share of the GPU; ``sleep``/``wake_up``.
     """

@@ -113,9 +113,9 @@ def test_kv_cache_holds_every_sequence_in_flight():
     heads = getattr(c, "num_key_value_heads", None) or c.num_attention_heads
     head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
     per_token = 2 * c.num_hidden_layers * heads * head_dim * 2  # K and V, 2 bytes each
-    for concurrency, max_tokens in ((16, 384), (64, 1024), (4096, 4096)):
-        gib = decoding._kv_cache_gib("tiny-random", concurrency, max_tokens)
-        need = concurrency * (decoding.PROMPT_ROOM + max_tokens) * per_token
+    for concurrency, tokens in ((16, 896), (64, 1536), (64, 4608), (4096, 4608)):
+        gib = decoding._kv_cache_gib("tiny-random", concurrency, tokens)
+        need = concurrency * tokens * per_token
         assert gib >= 1 and gib * 2**30 >= need and (gib == 1 or (gib - 1) * 2**30 < need)
 
 
