@@ -155,7 +155,7 @@ def measure(model: str, dtype: str, concurrency: int, prompts: int, max_tokens: 
 
 def markdown(r: dict) -> str:
     lines = [f"# vLLM-CPU setups on {r['device']['name']} ({r['device']['threads']} threads)", "",
-             f"{r['model']} ({r.get('dtype', 'float32')}), plain sampling, {r['prompts']} GSM8K prompts x "
+             f"{r['model']} ({r['dtype']}), plain sampling, {r['prompts']} GSM8K prompts x "
              f"{r['max_tokens']} tokens, at most {r['concurrency']} in flight; each variant in a fresh process, "
              f"{r['rounds']} rounds in turns, best tokens/s kept, start-up (load, compile, first batch) the shortest. "
              "\"none\": no LD_PRELOAD of ours; vLLM then preloads torch's libgomp into its engine itself.", "",
@@ -164,11 +164,11 @@ def markdown(r: dict) -> str:
     spreads = []
     for name, row in r["variants"].items():
         tps, vs, start = row["best_tokens_per_second"], row["vs_none"], row.get("start_seconds")
-        libs = ", ".join(os.path.basename(p) for p in row.get("preload", [])) or "-"
+        libs = ", ".join(os.path.basename(p) for p in row["preload"]) or "-"
         each = [x["tokens_per_second"] for x in row.get("runs", []) if "tokens_per_second" in x]
         if len(each) > 1:
             spreads.append(1 - min(each) / max(each))
-        lines.append(f"| {name} | {libs} | {'eager' if row.get('eager', True) else 'compiled'} | "
+        lines.append(f"| {name} | {libs} | {'eager' if row['eager'] else 'compiled'} | "
                      f"{'failed' if tps is None else f'{tps:.1f}'} | {'' if vs is None else f'{vs:.2f}x'} | "
                      f"{' / '.join(f'{x:.1f}' for x in each)} | {'' if start is None else f'{start:.0f}'} | "
                      f"{'yes' if row['took_effect'] else 'no'} |")

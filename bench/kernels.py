@@ -88,6 +88,9 @@ def run(device: torch.device, quick: bool = False, with_compile: bool | None = N
     bandwidth = memory_bandwidth(device, nbytes=probe)
     backends = _backends(device, with_compile)
     rounds, block_seconds = (2, 0.05) if quick else (5, 0.15)
+
+    def time_alone(call: Callable) -> float:  # one window of the call in a loop of its own
+        return measure(call, device, best=True, min_seconds=block_seconds, max_iters=200, min_iters=3)
     rows: list[dict[str, object]] = []
     jobs = [(case, b) for case in CASES for b in batches]
     for case, batch in tqdm(jobs, desc="kernels", disable=not progress):
@@ -111,8 +114,7 @@ def run(device: torch.device, quick: bool = False, with_compile: bool | None = N
                 if name == "reference":
                     call()
                 else:  # the same call timed alone, before the reference has run on this case
-                    alone[name] = measure(call, device, best=True, min_seconds=block_seconds, max_iters=200,
-                                          min_iters=3)
+                    alone[name] = time_alone(call)
             except Exception as exc:  # noqa: BLE001
                 errors[name] = repr(exc)[:300]
                 continue
@@ -128,8 +130,7 @@ def run(device: torch.device, quick: bool = False, with_compile: bool | None = N
             best = {name: min(best[name], got[name]) for name in fns}
             for name in alone:
                 if name in fns:
-                    alone[name] = min(alone[name], measure(fns[name], device, best=True, min_seconds=block_seconds,
-                                                           max_iters=200, min_iters=3))
+                    alone[name] = min(alone[name], time_alone(fns[name]))
         nbytes = case.bytes_per_element * x.numel() * x.element_size()
         for name in backends:
             if name in errors:

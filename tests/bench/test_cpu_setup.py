@@ -1,6 +1,7 @@
 """bench.cpu_setup: the variants it measures, the mapped-library check, and its report."""
 
 import os
+import subprocess
 from pathlib import Path
 
 from bench import cpu_setup
@@ -23,9 +24,21 @@ def test_variants_cover_none_each_library_all_and_compiled():
         "none": {"preload": [], "eager": True}, "compiled": {"preload": [], "eager": False}}
 
 
-def test_ld_preload_reads_a_process_environment():
-    got = cpu_setup._ld_preload(os.getpid())  # /proc/<pid>/environ: what the process was started with
-    assert got == os.environ.get("LD_PRELOAD", "") or "LD_PRELOAD" not in os.environ
+def test_ld_preload_reads_the_environment_a_process_was_started_with():
+    # A process started with a known LD_PRELOAD (a library this process has mapped: preloading it is harmless), and
+    # one started without any: /proc/<pid>/environ tells them apart; a process that does not exist gives None.
+    maps = Path(f"/proc/{os.getpid()}/maps").read_text().split()
+    lib = next(p for p in maps if p.startswith("/") and "libc.so" in p)
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    with_lib = subprocess.Popen(["sleep", "30"], env={**env, "LD_PRELOAD": lib})
+    without = subprocess.Popen(["sleep", "30"], env=env)
+    try:  # Popen returns once the child has exec'd
+        assert cpu_setup._ld_preload(with_lib.pid) == lib
+        assert cpu_setup._ld_preload(without.pid) == ""
+    finally:
+        for proc in (with_lib, without):
+            proc.kill()
+            proc.wait()
     assert cpu_setup._ld_preload(2**22 + 12345) is None
 
 
@@ -37,7 +50,7 @@ def test_mapped_sees_libraries_this_process_loaded_and_not_others():
 
 
 def test_report_names_each_variant_and_its_ratio():
-    r = {"device": {"name": "cpu", "threads": 2}, "model": "m", "prompts": 4, "max_tokens": 8, "concurrency": 2,
+    r = {"device": {"name": "cpu", "threads": 2}, "model": "m", "dtype": "bfloat16", "prompts": 4, "max_tokens": 8, "concurrency": 2,
          "rounds": 1, "variants": {
              "none": {"preload": [], "eager": True, "best_tokens_per_second": 10.0, "vs_none": 1.0,
                       "start_seconds": 30.0, "took_effect": True},
@@ -52,4 +65,4 @@ def test_report_names_each_variant_and_its_ratio():
     assert "| libiomp5 | libiomp5.so | eager | 12.5 | 1.25x | 12.5 / 10.0 | 31 | yes |" in md
     assert "| libtcmalloc | libtcmalloc.so.4 | eager | failed |  |  |  | no |" in md
     assert "| compiled | - | compiled | 14.0 | 1.40x |  | 95 | yes |" in md
-    assert "differ by up to 20%" in md
+    assert "differ by up to 20%" in md and "m (bfloat16)" in md
