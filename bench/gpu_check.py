@@ -5,16 +5,17 @@ process group with its own time budget (a crash or a hang loses that step only),
 
   resources  every Triton kernel variant the ops launch (dtypes x constexpr branches): registers, spills, shared
              memory and the occupancy they allow, read from the compiled kernels
-  bench      python -m bench --sections kernels,serving,training --device cuda --no-torch-compile (each kernel as %
-             of the HBM bandwidth measured in the same run; the fused training op against chunked torch and
-             unfused; adaptive T at max_iter 10000 vs 100)
+  bench      python -m bench --sections kernels,serving,training --device cuda --no-torch-compile (each kernel's
+             GPU time from a cold L2 as % of the HBM bandwidth measured the same way in the same run; the fused
+             training op against chunked torch and unfused; adaptive T at max_iter 10000 vs 100)
   liger      fused_linear_entropy fwd+bwd beside Liger-Kernel's fused linear cross-entropy, chunked torch and
              unfused torch at N=8192, D=4096, V=151936, bf16 (time, peak memory); skipped when liger_kernel is not
              importable
   decode     the engine's HF decoding path (engine.strategies.HFBackend) on a random-weight model with
              Qwen2.5-1.5B's config: EM-INF (3 steps) against plain sampling, tokens/s at batch 16 and 64, and the op's
              own ms per decode step
-  pytest     pytest -m cuda tests/kernels (the ops' parity modules, fused_linear_entropy), compiled for this GPU
+  pytest     pytest -m cuda tests/kernels tests/bench/test_timing.py (the ops' parity modules,
+             fused_linear_entropy, the bench's GPU timing), compiled for this GPU
 
 Output (at most 8 files): DIR/gpu_check.json (every step's result and the targets), DIR/gpu_check.md (the same as
 tables), DIR/gpu_check.log (every step's output), DIR/bench/{results.json,results.md,kernels.png,training.png}.
@@ -44,6 +45,8 @@ REPO = Path(__file__).resolve().parent.parent
 # them in Triton's disk cache. pytest goes last: on the first H100 run it was the slowest step by far (Triton
 # compiles per specialisation and per xdist worker), and the measurements must not wait behind it.
 BUDGETS = {"resources": 60, "bench": 120, "liger": 45, "decode": 60, "pytest": 180}
+# the ops' CUDA tests, and the GPU timing the bench step's kernel rows rest on (its other test modules need vLLM)
+PYTEST_PATHS = ("tests/kernels", "tests/bench/test_timing.py")
 PYTEST_TEST_TIMEOUT = 60  # seconds per test: a hung kernel fails its test with a traceback, not the whole step
 STEPS = tuple(BUDGETS)
 LIGER_SHAPE = (8192, 4096, 151936)  # N tokens, D hidden (an 8B-class model), V Qwen2.5's vocabulary
@@ -65,7 +68,7 @@ def step_pytest(out: Path) -> dict:
     junit = Path("/tmp") / f"gpu_check_junit_{os.getpid()}.xml"
     # -v: one line per finished test, so a step cut short at its budget still shows which tests failed
     # every CUDA test of the op modules (parity by op: test_entropy, test_em_inf, test_adaptive_temperature, ...)
-    cmd = [sys.executable, "-m", "pytest", "-m", "cuda", "tests/kernels", "-v", "-rfE", "--tb=short", "--durations=20",
+    cmd = [sys.executable, "-m", "pytest", "-m", "cuda", *PYTEST_PATHS, "-v", "-rfE", "--tb=short", "--durations=20",
            "-p", "no:cacheprovider",
            f"--timeout={PYTEST_TEST_TIMEOUT}", f"--junitxml={junit}"]
     try:

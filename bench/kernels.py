@@ -1,13 +1,18 @@
 """Kernel section: every op and backend against the memory bandwidth measured in the same run.
 
-Rows report seconds per call (the fastest of several runs, every backend of a case called in turns), achieved GB/s
-over the op's floor of bytes moved (entropy reads the logits once; em_inf and adaptive_temperature read them once
-and write them once, the fast backends into an output allocated once per case, as the vLLM processor writes in place), that as % of the measured read bandwidth, and the speed-up over the torch reference on the
-same input. Every backend is timed from the same warm cache state (bench.timing.measure_blocks: each in its own block
-of calls, the previous block's temporaries freed and the input re-read first); each fast backend is also timed alone,
-in a loop of its own, before any other backend ran on the case and again after every round of blocks (the fastest
-window kept, over the same stretch of time as the row's blocks), and the row records that time and the ratio, which
-the issue bounds at 1.3x. The bandwidth probe runs at the start and at the end, the faster kept.
+Rows report seconds per call, achieved GB/s over the op's floor of bytes moved (entropy reads the logits once; em_inf
+and adaptive_temperature read them once and write them once, the fast backends into an output allocated once per
+case, as the vLLM processor writes in place), that as % of the measured read bandwidth, and the speed-up over the
+torch reference on the same input.
+
+On a CPU (a shared machine): the fastest of several runs, every backend timed from the same warm cache state
+(bench.timing.measure_blocks: each in its own block of calls, the previous block's temporaries freed and the input
+re-read first); each fast backend is also timed alone, in a loop of its own, before any other backend ran on the case
+and again after every round of blocks (the fastest window kept, over the same stretch of time as the row's blocks),
+and the row records that time and the ratio, which the issue bounds at 1.3x.
+On a GPU: the call's GPU time between CUDA events from a flushed L2, launch overhead hidden
+(bench.timing.gpu_seconds), and beside it the host's synchronous time per call, launch overhead included.
+The bandwidth probe runs at the start and at the end, timed the same way as the rows, the faster kept.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from bench.timing import CACHE_STATE, measure, measure_blocks, memory_bandwidth
+from bench.timing import cache_state, gpu_seconds, measure, measure_blocks, memory_bandwidth
 from kernels import reference
 from kernels.params import ADAPTIVE_TEMPERATURE, EM_INF
 
@@ -88,6 +93,10 @@ def run(device: torch.device, quick: bool = False, with_compile: bool | None = N
     bandwidth = memory_bandwidth(device, nbytes=probe)
     backends = _backends(device, with_compile)
     rounds, block_seconds = (2, 0.05) if quick else (5, 0.15)
+    # On a GPU each call is timed between CUDA events from a flushed L2 (bench.timing.gpu_seconds): the device is the
+    # run's own, so the CPU's blocks and "alone" windows (there against a shared machine's slow spells) are not
+    # needed, and host timing would add launch overhead of the kernel's own order to a kernel of tens of us.
+    cuda = device.type == "cuda"
 
     def time_alone(call: Callable) -> float:  # one window of the call in a loop of its own
         return measure(call, device, best=True, min_seconds=block_seconds, max_iters=200, min_iters=3)
@@ -111,7 +120,7 @@ def run(device: torch.device, quick: bool = False, with_compile: bool | None = N
             kw = {"out": out} if out is not None and name != "reference" else {}
             call = lambda fn=fn, kw=kw: fn(x, *args, **kw)  # noqa: E731
             try:  # torch.compile can fail on some setups: record it, keep benchmarking
-                if name == "reference":
+                if name == "reference" or cuda:
                     call()
                 else:  # the same call timed alone, before the reference has run on this case
                     alone[name] = time_alone(call)
@@ -119,18 +128,25 @@ def run(device: torch.device, quick: bool = False, with_compile: bool | None = N
                 errors[name] = repr(exc)[:300]
                 continue
             fns[name] = call
-        # The backends of one case are timed in alternating blocks, from the same warm cache state, so the
-        # x-reference ratios compare runs made side by side.
-        # A shared machine has slow spells lasting seconds: "alone" gets a window after every round of blocks too,
-        # so that the row and its alone time are each the fastest over the same stretch of time (a fastest of
-        # fewer, earlier calls is slower by chance, which would pass for a cache or allocator effect).
         best: dict[str, float] = {name: float("inf") for name in fns}
-        for _ in range(rounds):
-            got = measure_blocks(fns, device, touch=lambda: float(x.sum()), rounds=1, block_seconds=block_seconds)
-            best = {name: min(best[name], got[name]) for name in fns}
-            for name in alone:
-                if name in fns:
-                    alone[name] = min(alone[name], time_alone(fns[name]))
+        host: dict[str, float] = {}
+        if cuda:
+            for name, fn in fns.items():
+                best[name] = gpu_seconds(fn, device)
+                host[name] = measure(fn, device, best=True, min_seconds=block_seconds, min_iters=10)
+        else:
+            # The backends of one case are timed in alternating blocks, from the same warm cache state, so the
+            # x-reference ratios compare runs made side by side.
+            # A shared machine has slow spells lasting seconds: "alone" gets a window after every round of blocks
+            # too, so that the row and its alone time are each the fastest over the same stretch of time (a fastest
+            # of fewer, earlier calls is slower by chance, which would pass for a cache or allocator effect).
+            for _ in range(rounds):
+                got = measure_blocks(fns, device, touch=lambda: float(x.sum()), rounds=1,
+                                     block_seconds=block_seconds)
+                best = {name: min(best[name], got[name]) for name in fns}
+                for name in alone:
+                    if name in fns:
+                        alone[name] = min(alone[name], time_alone(fns[name]))
         nbytes = case.bytes_per_element * x.numel() * x.element_size()
         for name in backends:
             if name in errors:
@@ -144,6 +160,8 @@ def run(device: torch.device, quick: bool = False, with_compile: bool | None = N
                 if name in alone:
                     rows[-1]["alone_seconds"] = alone[name]
                     rows[-1]["row_over_alone"] = best[name] / alone[name]
+                if name in host:
+                    rows[-1]["host_seconds"] = host[name]
     # The probe again at the end, the faster kept: the machine's limit as reached in this run (a busy spell during
     # one probe would otherwise inflate every row's % of it).
     again = memory_bandwidth(device, nbytes=probe)
@@ -152,7 +170,7 @@ def run(device: torch.device, quick: bool = False, with_compile: bool | None = N
         if "gbps" in r:
             r["pct_read_bandwidth"] = 100.0 * r["gbps"] / bandwidth["read_gbps"]
     _add_speedups(rows)
-    return {"bandwidth": bandwidth, "cache_state": CACHE_STATE, "rows": rows, "targets": _targets(rows, device)}
+    return {"bandwidth": bandwidth, "cache_state": cache_state(device), "rows": rows, "targets": _targets(rows, device)}
 
 
 def _add_speedups(rows: list[dict[str, object]]) -> None:
@@ -201,15 +219,19 @@ def _targets(rows: list[dict[str, object]], device: torch.device) -> list[dict[s
 
 def markdown(section: dict[str, object]) -> str:
     bw = section["bandwidth"]
+    on_gpu = any("host_seconds" in r for r in section["rows"])
+    second = "host ms" if on_gpu else "alone ms"
+    explain = ("\"host ms\": the same call timed on the host, launch and synchronisation included." if on_gpu else
+               "\"alone ms\": the same call timed in a loop of its own (the fastest of its windows: one before any "
+               "other backend ran on the case, one after every round of blocks). % read BW above 100: the warm input "
+               "was read from the cache (an input smaller than the last-level cache stays there between calls; the "
+               "bandwidth probe reads a buffer larger than it).")
     lines = [
         f"Measured bandwidth: read {bw['read_gbps']:.1f} GB/s, copy {bw['copy_gbps']:.1f} GB/s (read + write).",
         "",
-        f"Cache state: {section.get('cache_state', 'interleaved call by call (older runs)')}. \"alone ms\": the same "
-        "call timed in a loop of its own (the fastest of its windows: one before any other backend ran on the case, "
-        "one after every round of blocks). % read BW above 100: the warm input was read from the cache (an input smaller than the "
-        "last-level cache stays there between calls; the bandwidth probe reads a buffer larger than it).",
+        f"Cache state: {section.get('cache_state', 'interleaved call by call (older runs)')}. {explain}",
         "",
-        "| op | backend | B | ms | alone ms | GB/s | % read BW | x reference |",
+        f"| op | backend | B | ms | {second} | GB/s | % read BW | x reference |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in section["rows"]:
@@ -217,8 +239,9 @@ def markdown(section: dict[str, object]) -> str:
             lines.append(f"| {r['op']} | {r['backend']} | {r['B']} | error | | | | |")
             continue
         speed = f"{r['speedup_vs_reference']:.1f}" if "speedup_vs_reference" in r else ""
-        alone_ms = f"{r['alone_seconds'] * 1e3:.3f}" if "alone_seconds" in r else ""
-        lines.append(f"| {r['op']} | {r['backend']} | {r['B']} | {r['seconds'] * 1e3:.3f} | {alone_ms} | {r['gbps']:.1f} "
+        other = r.get("host_seconds", r.get("alone_seconds"))
+        other_ms = f"{other * 1e3:.3f}" if other is not None else ""
+        lines.append(f"| {r['op']} | {r['backend']} | {r['B']} | {r['seconds'] * 1e3:.3f} | {other_ms} | {r['gbps']:.1f} "
                      f"| {r['pct_read_bandwidth']:.0f} | {speed} |")
     if section["targets"]:
         lines += ["", "| target | value | goal | met |", "|---|---|---|---|"]

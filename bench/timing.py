@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import statistics
 import time
@@ -57,6 +58,71 @@ CACHE_STATE = ("warm: each backend is timed in its own block of back-to-back cal
                "backends, fastest call of all rounds); before a block the previous backend's temporaries are freed, "
                "the input is re-read and one untimed call warms the caches, so every backend starts from the same "
                "state")
+GPU_CACHE_STATE = ("cold L2, GPU time: before each call a 256 MiB buffer is zeroed (flushing the L2) and the stream is "
+                   "held busy while the host launches the call, so \"ms\" is the call's time on the GPU between two "
+                   "CUDA events, without launch overhead or a warm L2 (the fastest of 20 calls); \"host ms\" is the "
+                   "same call timed on the host and synchronised, launch overhead included")
+
+
+def cache_state(device: torch.device) -> str:
+    """How a kernel row's time was taken on this device, in words for the reports."""
+    return GPU_CACHE_STATE if device.type == "cuda" else CACHE_STATE
+
+
+# Zeroed before each timed GPU call: larger than the L2 of any current GPU (H100 50 MB, H200 60 MB, B200 126 MB),
+# as triton.testing.do_bench does, so an input that fits the L2 is still read from HBM.
+L2_FLUSH_BYTES = 256 << 20
+
+
+@functools.cache
+def _sleep_cycles_per_second(index: int) -> float:
+    """Rate of torch.cuda._sleep's spin loop (clock cycles per second) on GPU `index`, measured once."""
+    with torch.cuda.device(index):
+        torch.cuda._sleep(1000)
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        torch.cuda._sleep(10_000_000)  # ~5 ms at 2 GHz
+        end.record()
+        end.synchronize()
+        return 10_000_000 / (start.elapsed_time(end) / 1e3)
+
+
+def gpu_seconds(fn: Callable[[], object], device: torch.device, *, iters: int = 20, warmup: int = 2,
+                best: bool = True) -> float:
+    """GPU time of one call of fn on the current stream (the fastest of `iters`, or the median), cold L2.
+
+    Timing a short kernel on the host (launch, then synchronize) adds Python's launch overhead and the
+    synchronisation to it: at tens of microseconds (a read of [64, 151936] fp32 logits is ~14 us at 2.8 TB/s) they
+    are of the kernel's own order. Here each call is timed
+    between two CUDA events, after the L2 is flushed (L2_FLUSH_BYTES zeroed) and after a spin kernel
+    (torch.cuda._sleep) that keeps the stream busy for twice the host's launch time of fn, so every kernel of the
+    call is already queued when the first one starts and the events see the GPU work only. A call that synchronises
+    inside (.item()) still pays its host time after that point: it is part of what the call costs the stream.
+    """
+    if device.type != "cuda":
+        raise ValueError(f"gpu_seconds: device must be a CUDA device, got {device}")
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    with torch.cuda.device(index):
+        for _ in range(warmup):
+            fn()
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        launch = time.perf_counter() - t0
+        torch.cuda.synchronize()
+        hold = int(max(2 * launch, 50e-6) * _sleep_cycles_per_second(index))
+        flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device=device)
+        starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+        ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+        for start, end in zip(starts, ends):
+            flush.zero_()
+            torch.cuda._sleep(hold)
+            start.record()
+            fn()
+            end.record()
+        torch.cuda.synchronize()
+    times = [start.elapsed_time(end) / 1e3 for start, end in zip(starts, ends)]
+    return min(times) if best else statistics.median(times)
 
 
 def measure_blocks(fns: dict[str, Callable[[], object]], device: torch.device, touch: Callable[[], object], *,
@@ -99,9 +165,15 @@ def memory_bandwidth(device: torch.device, nbytes: int = 256 << 20) -> dict[str,
     n = nbytes // 4
     src = torch.rand(n, device=device)
     dst = torch.empty_like(src)
-    t_sum = measure(lambda: src.sum(), device, best=True, min_iters=10)
-    t_max = measure(lambda: src.amax(), device, best=True, min_iters=10)
-    t_copy = measure(lambda: dst.copy_(src), device, best=True, min_iters=10)
+    if device.type == "cuda":  # timed as the kernel rows are (gpu_seconds), so their % of it compares like with like
+        def timed(fn):
+            return gpu_seconds(fn, device, iters=10)
+    else:
+        def timed(fn):
+            return measure(fn, device, best=True, min_iters=10)
+    t_sum = timed(lambda: src.sum())
+    t_max = timed(lambda: src.amax())
+    t_copy = timed(lambda: dst.copy_(src))
     return {
         "read_gbps": nbytes / min(t_sum, t_max) / 1e9,
         "copy_gbps": 2 * nbytes / t_copy / 1e9,
