@@ -74,6 +74,9 @@ def cache_state(device: torch.device) -> str:
 L2_FLUSH_BYTES = 256 << 20
 
 
+MAX_HOLD_SECONDS = 0.02
+
+
 @functools.cache
 def _sleep_cycles_per_second(index: int) -> float:
     """Rate of torch.cuda._sleep's spin loop (clock cycles per second) on GPU `index`, measured once."""
@@ -93,10 +96,10 @@ def gpu_seconds(fn: Callable[[], object], device: torch.device, *, iters: int = 
 
     Timing a short kernel on the host (launch, then synchronize) adds Python's launch overhead and the
     synchronisation to it: at tens of microseconds (a read of [64, 151936] fp32 logits is ~14 us at 2.8 TB/s) they
-    are of the kernel's own order. Here each call is timed
-    between two CUDA events, after the L2 is flushed (L2_FLUSH_BYTES zeroed) and after a spin kernel
-    (torch.cuda._sleep) that keeps the stream busy for twice the host's launch time of fn, so every kernel of the
-    call is already queued when the first one starts and the events see the GPU work only. A call that synchronises
+    are of the kernel's own order. Here each call is timed between two CUDA events, after the L2 is flushed
+    (L2_FLUSH_BYTES zeroed) and after a spin kernel (torch.cuda._sleep) that keeps the stream busy for twice the
+    host's launch time of fn, so every kernel of the call is already queued when the first one starts and the
+    events see the GPU work only. A call that synchronises
     inside (.item()) still pays its host time after that point: it is part of what the call costs the stream.
     """
     if device.type != "cuda":
@@ -110,7 +113,10 @@ def gpu_seconds(fn: Callable[[], object], device: torch.device, *, iters: int = 
         fn()
         launch = time.perf_counter() - t0
         torch.cuda.synchronize()
-        hold = int(max(2 * launch, 50e-6) * _sleep_cycles_per_second(index))
+        # A slow host-bound call (the torch reference's row loops) gets a hold of at most MAX_HOLD_SECONDS, its host
+        # time beyond that counted in, and fewer calls, so that timing it takes about a second at most.
+        hold = int(min(max(2 * launch, 50e-6), MAX_HOLD_SECONDS) * _sleep_cycles_per_second(index))
+        iters = max(3, min(iters, int(0.3 / max(launch, 1e-9))))
         flush = torch.empty(L2_FLUSH_BYTES, dtype=torch.int8, device=device)
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
         ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
