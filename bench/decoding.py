@@ -662,9 +662,11 @@ def plot(section: dict, path: str) -> None:
     for row, sec in zip(axes, panels):
         for ax, (key, scale, label) in zip(row, (("flops_per_answer", 1e9, "GFLOPs per answer"),
                                                  ("seconds_per_answer", 1.0, "seconds per answer"))):
-            for name, s in sec["strategies"].items():
+            for name in sorted(sec["strategies"], key=STRATEGIES.index):
+                s = sec["strategies"][name]
+                # one colour per strategy in every panel, whichever strategies a model's run had
                 ax.errorbar(s[key] / scale, 100 * s["accuracy"], yerr=100 * s["accuracy_stderr"], fmt="o",
-                            capsize=3, label=f"{name} (n={s['n']})")
+                            capsize=3, color=f"C{STRATEGIES.index(name)}", label=f"{name} (n={s['n']})")
             ax.set_xscale("log")
             ax.set_xlabel(label)
             ax.set_ylabel("accuracy (%), ± 1 s.e.")

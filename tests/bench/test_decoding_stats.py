@@ -162,3 +162,27 @@ def test_report_reads_the_claim_and_its_limits(tmp_path):
     sec["others"] = [{k: sec[k] for k in ("model", "strategies", "tasks", "dtype")}]
     decoding.plot(sec, str(tmp_path / "d.png"))
     assert (tmp_path / "d.png").stat().st_size > 1000
+
+
+def test_plot_gives_a_strategy_one_colour_in_every_panel(tmp_path, monkeypatch):
+    import matplotlib
+    import matplotlib.figure
+
+    matplotlib.use("Agg")
+    sec = _section()
+    # the other model's run listed its strategies in another order, and has one this run lacks
+    other = dict(sec["strategies"])
+    sec["others"] = [{"model": "m2", "tasks": ["gsm8k"], "dtype": "float32",
+                      "strategies": {"self_consistency": other["self_consistency"], "sampling": other["greedy"],
+                                     "greedy": other["greedy"]}}]
+    figures = []
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", lambda fig, *a, **k: figures.append(fig))
+    decoding.plot(sec, str(tmp_path / "d.png"))
+    colours: dict[str, set] = {}
+    for ax in figures[0].axes:
+        for bar in ax.containers:  # one ErrorbarContainer per point: its label, and its marker line
+            name = str(bar.get_label()).split(" (n=")[0]
+            colours.setdefault(name, set()).add(matplotlib.colors.to_hex(bar.lines[0].get_color()))
+    assert set(colours) == {"greedy", "em_inf", "self_consistency", "sampling"}
+    assert all(len(c) == 1 for c in colours.values()), colours
+    assert len({next(iter(c)) for c in colours.values()}) == len(colours)
