@@ -14,6 +14,8 @@ process group with its own time budget (a crash or a hang loses that step only),
   decode     the engine's HF decoding path (engine.strategies.HFBackend) on a random-weight model with
              Qwen2.5-1.5B's config: EM-INF (3 steps) against plain sampling, tokens/s at batch 16 and 64, and the op's
              own ms per decode step
+  tune       entropy and EM-INF at other launch geometries (BLOCK, num_warps, programs per row) than their
+             defaults, each against the default on the same input (bench.kernel_tuning)
   pytest     pytest -m cuda tests/kernels tests/bench/test_timing.py (the ops' parity modules,
              fused_linear_entropy, the bench's GPU timing), compiled for this GPU
 
@@ -36,15 +38,16 @@ from pathlib import Path
 
 import torch
 
+from bench import kernel_tuning
 from bench.timing import measure, synchronize
 from kernels._triton.aot import occupancy
 
 REPO = Path(__file__).resolve().parent.parent
-# Seconds per step, in the order run: the whole check stays under 8 minutes on one H100 even when every step runs
+# Seconds per step, in the order run: the whole check stays under 8.5 minutes on one H100 even when every step runs
 # to its budget. resources goes first: it compiles each kernel variant once, and the later steps' processes find
 # them in Triton's disk cache. pytest goes last: on the first H100 run it was the slowest step by far (Triton
 # compiles per specialisation and per xdist worker), and the measurements must not wait behind it.
-BUDGETS = {"resources": 60, "bench": 120, "liger": 45, "decode": 60, "pytest": 180}
+BUDGETS = {"resources": 60, "bench": 120, "liger": 45, "decode": 60, "tune": 60, "pytest": 165}
 # the ops' CUDA tests, and the GPU timing the bench step's kernel rows rest on (its other test modules need vLLM)
 PYTEST_PATHS = ("tests/kernels", "tests/bench/test_timing.py")
 PYTEST_TEST_TIMEOUT = 60  # seconds per test: a hung kernel fails its test with a traceback, not the whole step
@@ -226,6 +229,10 @@ def _dist_version(name: str) -> str | None:
         return None
 
 
+def step_tune(out: Path) -> dict:
+    return kernel_tuning.sweep(torch.device("cuda"), out_path=out / ".tune.json")
+
+
 def step_decode(out: Path) -> dict:
     return decode_throughput(torch.device("cuda"), QWEN25_15B, DECODE_BATCHES, DECODE_NEW_TOKENS,
                              DECODE_PROMPT_TOKENS)
@@ -292,7 +299,7 @@ def decode_throughput(device: torch.device, config: dict, batches: tuple[int, ..
 
 
 STEP_FUNCTIONS = {"pytest": step_pytest, "bench": step_bench, "resources": step_resources, "liger": step_liger,
-                  "decode": step_decode}
+                  "decode": step_decode, "tune": step_tune}
 
 
 # ------------------------------------------------------------------------------------------------------ driver
@@ -418,6 +425,8 @@ def markdown(results: dict) -> str:
             t = r["tokens_per_s"]
             lines.append(f"| {r['batch']} | {t['sampling']:.0f} | {t['em_inf']:.0f} | {r['em_inf_over_sampling']:.3f} "
                          f"| {r['step_ms_sampling']:.1f} | {r['op_ms_per_step']:.3f} | {r['processor_ms_per_step']:.3f} |")
+    if results.get("tune", {}).get("rows"):
+        lines += ["", kernel_tuning.markdown(results["tune"])]
     if results.get("targets"):
         lines += ["", "| target | value | goal | met |", "|---|---|---|---|"]
         for t in results["targets"]:

@@ -88,3 +88,15 @@ def test_targets_report_misses():
     decode = got["HF decode EM-INF/sampling tokens/s [batch 64]"]
     assert decode["value"] == 0.9 and not decode["met"]
     assert got["Triton kernel variants with spills"]["value"] == 1 and not got["Triton kernel variants with spills"]["met"]
+
+
+def test_markdown_shows_a_tune_step_cut_short():
+    # the step writes its rows as it goes; one cut short at its budget has rows but no speed-ups yet
+    tune = {"vocab": 151936, "em_inf_steps": 3, "step_rc": None, "timed_out": True, "seconds": 60.0, "rows": [
+        {"op": "em_inf", "B": 64, "block": 2048, "num_warps": 8, "programs_per_row": 9, "default": True,
+         "max_abs_diff": 0.0, "seconds": 5e-4},
+        {"op": "em_inf", "B": 64, "block": 512, "num_warps": 4, "programs_per_row": 9, "default": False,
+         "error": "CompilationError: out of resources"}]}
+    md = gpu_check.markdown({"environment": {"device": {}}, "tune": tune})
+    assert "| tune | timed out | 60.0 |" in md
+    assert "| em_inf (default) | 64 | 2048 | 8 | 9 | 0.5000 | nan |" in md and "error: CompilationError" in md
