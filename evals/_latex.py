@@ -27,6 +27,19 @@ class LatexError(ValueError):
     """The string is not a formula this converter understands."""
 
 
+def matching_brace(s: str, i: int) -> int | None:
+    """Index of the "}" that closes the "{" at s[i], or None when the braces never balance."""
+    depth = 0
+    for j in range(i, len(s)):
+        if s[j] == "{":
+            depth += 1
+        elif s[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return j
+    return None
+
+
 def _group(s: str, i: int) -> tuple[str, int]:
     """Argument starting at s[i] (after spaces): a {...} group or a single token. Returns (content, next index)."""
     while i < len(s) and s[i] == " ":
@@ -34,15 +47,10 @@ def _group(s: str, i: int) -> tuple[str, int]:
     if i >= len(s):
         raise LatexError("missing argument")
     if s[i] == "{":
-        depth = 0
-        for j in range(i, len(s)):
-            if s[j] == "{":
-                depth += 1
-            elif s[j] == "}":
-                depth -= 1
-                if depth == 0:
-                    return s[i + 1:j], j + 1
-        raise LatexError("unbalanced braces")
+        j = matching_brace(s, i)
+        if j is None:
+            raise LatexError("unbalanced braces")
+        return s[i + 1:j], j + 1
     if s[i] == "\\":
         m = re.match(r"\\[A-Za-z]+", s[i:])
         if m:

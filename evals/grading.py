@@ -33,7 +33,7 @@ import re
 import threading
 from fractions import Fraction
 
-from evals._latex import LatexError, check_safe, latex_to_sympy_str
+from evals._latex import LatexError, check_safe, latex_to_sympy_str, matching_brace
 
 REL_TOL = 1e-4
 # The tolerance of the comparison in progress inside a worker (one request at a time per worker process).
@@ -57,15 +57,8 @@ def last_boxed(text: str) -> str | None:
         return m.group(1) if m else None
     if i >= len(text) or text[i] != "{":
         return None
-    depth = 0
-    for j in range(i, len(text)):
-        if text[j] == "{":
-            depth += 1
-        elif text[j] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[i + 1:j].strip()
-    return None
+    j = matching_brace(text, i)
+    return None if j is None else text[i + 1:j].strip()
 
 
 def all_boxed(text: str) -> list[str]:
@@ -75,17 +68,10 @@ def all_boxed(text: str) -> list[str]:
         idx = text.find("\\boxed{", pos)
         if idx < 0:
             return out
-        depth, j = 0, idx + len("\\boxed")
-        for j in range(idx + len("\\boxed"), len(text)):
-            if text[j] == "{":
-                depth += 1
-            elif text[j] == "}":
-                depth -= 1
-                if depth == 0:
-                    out.append(text[idx + len("\\boxed{"):j].strip())
-                    break
-        else:
+        j = matching_brace(text, idx + len("\\boxed"))
+        if j is None:
             return out
+        out.append(text[idx + len("\\boxed{"):j].strip())
         pos = j + 1
 
 
@@ -138,15 +124,7 @@ def _boxes(text: str) -> list[tuple[int, int, str]]:
         if i >= len(text) or text[i] != "{":
             pos = i
             continue
-        depth, end = 0, None
-        for j in range(i, len(text)):
-            if text[j] == "{":
-                depth += 1
-            elif text[j] == "}":
-                depth -= 1
-                if depth == 0:
-                    end = j
-                    break
+        end = matching_brace(text, i)
         if end is None:
             return out
         out.append((m.start(), end + 1, text[i + 1:end].strip()))

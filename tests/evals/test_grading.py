@@ -4,7 +4,7 @@ import time
 
 import pytest
 
-from evals.grading import extract_answer, last_boxed, math_equal
+from evals.grading import all_boxed, extract_answer, last_boxed, math_equal
 
 EQUAL = [
     ("4", "4"), ("4.0", "4"), ("142", "142.0"), ("-3", "-3.0"), ("1,000", "1000"), ("1{,}000", "1000"),
@@ -144,3 +144,14 @@ def test_rel_tol_parameter():
 )
 def test_last_boxed(text, want):
     assert last_boxed(text) == want
+
+
+@pytest.mark.parametrize("text, last, every", [
+    ("\\boxed{\\frac{1}{2}} and \\boxed{3}", "3", ["\\frac{1}{2}", "3"]),
+    ("\\boxed{a{b}c}", "a{b}c", ["a{b}c"]),
+    ("\\boxed{1} then \\boxed{2", None, ["1"]),  # a box cut off by the token budget: no content from it
+    ("\\boxed{", None, []),
+])
+def test_boxes_take_balanced_braces_only(text, last, every):
+    assert last_boxed(text) == last
+    assert all_boxed(text) == every
