@@ -50,7 +50,12 @@ REPO = Path(__file__).resolve().parent.parent
 BUDGETS = {"resources": 60, "bench": 120, "liger": 45, "decode": 60, "tune": 60, "pytest": 165}
 # the ops' CUDA tests, and the GPU timing the bench step's kernel rows rest on (its other test modules need vLLM)
 PYTEST_PATHS = ("tests/kernels", "tests/bench/test_timing.py")
-PYTEST_TEST_TIMEOUT = 60  # seconds per test: a hung kernel fails its test with a traceback, not the whole step
+PYTEST_TEST_TIMEOUT = 60
+# issue targets that a test checks: target -> (junit classname, test function); read off its CUDA cases
+TARGET_TESTS = {
+    "adaptive temperature sweeps = 1 + ceil(levels / 3) (CUDA cases passed of run)":
+        ("tests.kernels.test_adaptive_temperature", "test_sweep_count"),
+}  # seconds per test: a hung kernel fails its test with a traceback, not the whole step
 STEPS = tuple(BUDGETS)
 LIGER_SHAPE = (8192, 4096, 151936)  # N tokens, D hidden (an 8B-class model), V Qwen2.5's vocabulary
 QWEN25_15B = dict(  # Qwen/Qwen2.5-1.5B-Instruct config.json, so the decode step has the real shapes
@@ -91,19 +96,25 @@ def step_pytest(out: Path) -> dict:
 def _junit_summary(path: Path) -> dict:
     counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
     failures = []
+    watched = {target: {"passed": 0, "ran": 0} for target in TARGET_TESTS}
     for case in ET.parse(path).getroot().iter("testcase"):
         name = f"{case.get('classname')}::{case.get('name')}"
         bad = case.find("failure")
         if bad is None:
             bad = case.find("error")
+        skipped = bad is None and case.find("skipped") is not None
         if bad is not None:
             counts["failed" if bad.tag == "failure" else "errors"] += 1
             failures.append({"test": name, "message": (bad.get("message") or "")[:600]})
-        elif case.find("skipped") is not None:
+        elif skipped:
             counts["skipped"] += 1
         else:
             counts["passed"] += 1
-    return {**counts, "failures": failures}
+        for target, (module, test) in TARGET_TESTS.items():
+            if not skipped and name.startswith(f"{module}::{test}[") and "cuda" in name:
+                watched[target]["ran"] += 1
+                watched[target]["passed"] += bad is None
+    return {**counts, "failures": failures, "target_tests": watched}
 
 
 def step_bench(out: Path) -> dict:
@@ -365,6 +376,9 @@ def targets(results: dict) -> list[dict]:
         if row["batch"] == 64:
             out.append({"target": "HF decode EM-INF/sampling tokens/s [batch 64]",
                         "value": row["em_inf_over_sampling"], "goal": 0.95, "met": row["em_inf_over_sampling"] >= 0.95})
+    for target, got in results.get("pytest", {}).get("target_tests", {}).items():
+        if got["ran"]:  # value: cases passed, goal: cases run
+            out.append({"target": target, "value": got["passed"], "goal": got["ran"], "met": got["passed"] == got["ran"]})
     spills = results.get("resources", {}).get("rows")
     if spills is not None:
         n = len(results["resources"]["spilling"])

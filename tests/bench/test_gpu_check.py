@@ -100,3 +100,18 @@ def test_markdown_shows_a_tune_step_cut_short():
     md = gpu_check.markdown({"environment": {"device": {}}, "tune": tune})
     assert "| tune | timed out | 60.0 |" in md
     assert "| em_inf (default) | 64 | 2048 | 8 | 9 | 0.5000 | nan |" in md and "error: CompilationError" in md
+
+
+def test_target_tests_count_their_cuda_cases(tmp_path, monkeypatch):
+    test_file = tmp_path / "test_watch.py"
+    test_file.write_text("import pytest\n"
+                         "@pytest.mark.parametrize('backend, n', [('cuda', 1), ('cuda', 2), ('triton', 3)])\n"
+                         "def test_count(backend, n): assert n != 2\n")
+    junit = tmp_path / "junit.xml"
+    subprocess.run([sys.executable, "-m", "pytest", str(test_file), "-q", "-p", "no:cacheprovider",
+                    f"--junitxml={junit}", "-o", "addopts="], cwd=tmp_path, capture_output=True, timeout=120)
+    monkeypatch.setattr(gpu_check, "TARGET_TESTS", {"counts stay in bound": ("test_watch", "test_count")})
+    summary = gpu_check._junit_summary(junit)
+    assert summary["target_tests"] == {"counts stay in bound": {"passed": 1, "ran": 2}}  # the triton case left out
+    got = {t["target"]: t for t in gpu_check.targets({"pytest": summary})}["counts stay in bound"]
+    assert (got["value"], got["goal"], got["met"]) == (1, 2, False)
