@@ -118,8 +118,12 @@ def run(device: torch.device, quick: bool = False, model: str = "smollm2-135m-in
     if device.type == "cpu":
         # A sequence holds its prompt and answer; iterative refinement's later rounds hold the earlier answers too.
         per_sequence = max_model_len if "iterative_refinement" in names else PROMPT_ROOM + cfg["max_tokens"]
-        kv_gib = os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE",
-                                       str(_kv_cache_gib(model, cfg["concurrency"], per_sequence)))
+        space = os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE",
+                                      str(_kv_cache_gib(model, cfg["concurrency"], per_sequence)))
+        try:  # recorded as a number, whoever set it
+            kv_gib = float(space)
+        except ValueError:
+            raise ValueError(f"VLLM_CPU_KVCACHE_SPACE must be a number of GiB, got {space!r}") from None
     tasks = {name: get_task(name) for name in TASKS}
     samples = {name: task.load(limit=cfg["prompts_per_task"]) for name, task in tasks.items()}
     queue = [s.prompt for task in tasks.values() for s in task.load(limit=cfg["throughput_prompts_per_task"])]

@@ -50,12 +50,12 @@ REPO = Path(__file__).resolve().parent.parent
 BUDGETS = {"resources": 60, "bench": 120, "liger": 45, "decode": 60, "tune": 60, "pytest": 165}
 # the ops' CUDA tests, and the GPU timing the bench step's kernel rows rest on (its other test modules need vLLM)
 PYTEST_PATHS = ("tests/kernels", "tests/bench/test_timing.py")
-PYTEST_TEST_TIMEOUT = 60
+PYTEST_TEST_TIMEOUT = 60  # seconds per test: a hung kernel fails its test with a traceback, not the whole step
 # issue targets that a test checks: target -> (junit classname, test function); read off its CUDA cases
 TARGET_TESTS = {
     "adaptive temperature sweeps = 1 + ceil(levels / 3) (CUDA cases passed of run)":
         ("tests.kernels.test_adaptive_temperature", "test_sweep_count"),
-}  # seconds per test: a hung kernel fails its test with a traceback, not the whole step
+}
 STEPS = tuple(BUDGETS)
 LIGER_SHAPE = (8192, 4096, 151936)  # N tokens, D hidden (an 8B-class model), V Qwen2.5's vocabulary
 QWEN25_15B = dict(  # Qwen/Qwen2.5-1.5B-Instruct config.json, so the decode step has the real shapes

@@ -60,7 +60,7 @@ CACHE_STATE = ("warm: each backend is timed in its own block of back-to-back cal
                "state")
 GPU_CACHE_STATE = ("cold L2, GPU time: before each call a 256 MiB buffer is zeroed (flushing the L2) and the stream is "
                    "held busy while the host launches the call, so \"ms\" is the call's time on the GPU between two "
-                   "CUDA events, without launch overhead or a warm L2 (the fastest of 20 calls); \"host ms\" is the "
+                   "CUDA events, without launch overhead or a warm L2 (the fastest of up to 20 calls); \"host ms\" is the "
                    "same call timed on the host and synchronised, launch overhead included")
 
 
@@ -72,8 +72,7 @@ def cache_state(device: torch.device) -> str:
 # Zeroed before each timed GPU call: larger than the L2 of any current GPU (H100 50 MB, H200 60 MB, B200 126 MB),
 # as triton.testing.do_bench does, so an input that fits the L2 is still read from HBM.
 L2_FLUSH_BYTES = 256 << 20
-
-
+# Longest spin before a timed GPU call: a host-bound call slower than half of it has the rest of its host time counted.
 MAX_HOLD_SECONDS = 0.02
 
 
@@ -99,8 +98,8 @@ def gpu_seconds(fn: Callable[[], object], device: torch.device, *, iters: int = 
     are of the kernel's own order. Here each call is timed between two CUDA events, after the L2 is flushed
     (L2_FLUSH_BYTES zeroed) and after a spin kernel (torch.cuda._sleep) that keeps the stream busy for twice the
     host's launch time of fn, so every kernel of the call is already queued when the first one starts and the
-    events see the GPU work only. A call that synchronises
-    inside (.item()) still pays its host time after that point: it is part of what the call costs the stream.
+    events see the GPU work only. A call that synchronises inside (.item()) still pays its host time after that
+    point: it is part of what the call costs the stream.
     """
     if device.type != "cuda":
         raise ValueError(f"gpu_seconds: device must be a CUDA device, got {device}")
